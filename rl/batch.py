@@ -1,0 +1,91 @@
+"""Turn trajectories into padded tensors and micro-batches for the learner.
+
+One training sample per segment (sub-trace). Micro-batches are formed by a token budget
+(`rows x longest row <= budget`) over samples sorted by length, so padding stays small.
+Position i of every tensor is aligned with token i: `action_mask[:, i]` says whether token i was
+sampled by the policy, `behavior_logprobs[:, i]` is its behaviour log-prob; the log-prob and the
+value of token i are read from the model's output at position i-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rollout.trajectory import Status, Trajectory
+
+
+@dataclass
+class SampleBatch:
+    input_ids: torch.Tensor          # [B, T] long, right-padded
+    attention_mask: torch.Tensor     # [B, T] long
+    action_mask: torch.Tensor        # [B, T] float
+    behavior_logprobs: torch.Tensor  # [B, T] float
+    rewards: torch.Tensor            # [B] rollout reward of each sample
+    rollout_index: torch.Tensor      # [B] long, which rollout a sample belongs to
+    segment_index: torch.Tensor      # [B] long, position of the segment in its rollout
+    rollout_action_tokens: torch.Tensor  # [B] action tokens of the whole rollout (L)
+    oldest_version: torch.Tensor     # [B] long
+
+    @property
+    def num_action_tokens(self) -> float:
+        return float(self.action_mask.sum())
+
+    def rows(self, idx: list[int]) -> "SampleBatch":
+        """A micro-batch: the given rows, trimmed to their longest sequence."""
+        sel = torch.tensor(idx, dtype=torch.long)
+        length = int(self.attention_mask[sel].sum(-1).max())
+        return SampleBatch(*(t[sel][:, :length] if t.dim() == 2 else t[sel] for t in (
+            self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
+            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version)))
+
+
+def trainable(trajectories: list[Trajectory]) -> list[Trajectory]:
+    """Trajectories the learner may use: environment crashes are excluded (GLM-5 §3.2)."""
+    return [t for t in trajectories if t.status != Status.ENV_ERROR and t.num_action_tokens > 0]
+
+
+def collate(trajectories: list[Trajectory], pad_token_id: int) -> SampleBatch:
+    segs = [(r, s, t) for r, t in enumerate(trajectories) for s in t.segments]
+    if not segs:
+        raise ValueError("no trainable samples in this batch")
+    longest = max(len(s.tokens) for _, s, _ in segs)
+    n = len(segs)
+    ids = torch.full((n, longest), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((n, longest), dtype=torch.long)
+    act = torch.zeros((n, longest))
+    blp = torch.zeros((n, longest))
+    for i, (_, s, _) in enumerate(segs):
+        k = len(s.tokens)
+        ids[i, :k] = torch.tensor(s.tokens)
+        attn[i, :k] = 1
+        act[i, :k] = torch.tensor(s.loss_mask, dtype=torch.float)
+        blp[i, :k] = torch.tensor(s.behavior_logprobs)
+    act[:, 0] = 0.0  # the first token has no context to be predicted from
+    return SampleBatch(
+        input_ids=ids, attention_mask=attn, action_mask=act, behavior_logprobs=blp,
+        rewards=torch.tensor([t.reward for _, _, t in segs], dtype=torch.float),
+        rollout_index=torch.tensor([r for r, _, _ in segs], dtype=torch.long),
+        segment_index=torch.tensor([s.index for _, s, _ in segs], dtype=torch.long),
+        rollout_action_tokens=torch.tensor([t.num_action_tokens for _, _, t in segs], dtype=torch.float),
+        oldest_version=torch.tensor([s.oldest_version() if s.oldest_version() is not None else -1
+                                     for _, s, _ in segs], dtype=torch.long),
+    )
+
+
+def micro_batches(batch: SampleBatch, token_budget: int) -> list[list[int]]:
+    """Group rows so that rows x longest row <= token_budget (a row longer than the budget goes alone)."""
+    lengths = batch.attention_mask.sum(-1).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > token_budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups

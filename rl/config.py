@@ -1,0 +1,160 @@
+"""The typed configuration schema of a training run (Hydra structured configs).
+
+Every YAML file under ``configs/`` is merged onto these dataclasses, so an unknown key or a value
+of the wrong type fails at start with a message naming the key. Defaults follow DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from rollout.agent import AgentConfig
+from rollout.worker import EnvConfig
+
+
+@dataclass
+class ModelConfig:
+    """The policy. `path` is a local Hugging Face checkpoint; empty = build the default from this config."""
+
+    path: Optional[str] = None
+    arch: str = "qwen2"                # qwen2 | llama
+    vocab_size: int = 2048             # of the BPE tokenizer built from the task suite
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class EngineConfig:
+    type: str = "hf"                   # hf (in-process transformers in a Ray actor); sglang in production
+    num_threads: int = 2
+    max_batch: int = 64
+    batch_wait_s: float = 0.005
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 96
+
+
+@dataclass
+class SuiteConfig:
+    name: str = "builtin"
+    seed: int = 0
+    families: list[str] = field(default_factory=list)   # empty = all families
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 2
+    max_concurrent_per_worker: int = 32
+    episodes_per_step: int = 64
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    steps: int = 60
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 5
+
+
+@dataclass
+class AlgoConfig:
+    """Critic PPO (ALGORITHMS.md §2): skip-observation GAE, clipped value loss, DIS policy loss."""
+
+    gamma: float = 1.0
+    lam_critic: float = 1.0
+    lam_policy: Optional[float] = None          # None = length-adaptive 1 - 1/(alpha * L)
+    lam_policy_alpha: float = 1.5
+    gae_mode: str = "crl"                       # crl | boot (across compacted segments)
+    critic_updates: int = 2
+    critic_warmup_steps: int = 2
+    value_clip: Optional[float] = 0.2
+    dis_low: float = 0.2                        # keep tokens with dis_low < pi/mu < dis_high
+    dis_high: float = 4.0
+    tis_cap: Optional[float] = None
+    whiten_advantages: bool = True
+    policy_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 8192
+    policy_updates: int = 1                     # optimiser steps per batch (mini-batches)
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    bf16: bool = False
+    master_port: int = 29531
+
+
+@dataclass
+class EvalConfig:
+    samples_per_task: int = 2
+    max_tasks: int = 0                 # 0 = every held-out task
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"        # offline | online | disabled
+    wandb_project: str = "horizonrl"
+    console: bool = True
+
+
+@dataclass
+class TrainConfig:
+    experiment: str = "cpu_demo"
+    seed: int = 0
+    steps: int = 30
+    orchestrator: str = "sync"
+    learner_threads: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES = {
+    "model.arch": ("qwen2", "llama"),
+    "engine.type": ("hf",),
+    "env.backend": ("local",),
+    "algo.gae_mode": ("crl", "boot"),
+    "orchestrator": ("sync",),
+    "logging.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+def register_configs() -> None:
+    """Register the schema so `configs/config.yaml` can name it in its defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Turn the composed Hydra config into the typed dataclass and check enumerated choices."""
+    typed: TrainConfig = OmegaConf.to_object(cfg)
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(typed), key)
+        if value not in allowed:
+            raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    return typed

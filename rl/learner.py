@@ -1,0 +1,229 @@
+"""The learner: policy and critic trained through DeepSpeed (ZeRO stage from config).
+
+On a machine without a GPU DeepSpeed runs on its CPU accelerator with the gloo backend and torch's
+AdamW as the client optimiser; on GPUs the same code runs ZeRO-3 with NCCL.
+
+One PPO step (ALGORITHMS.md §2, DESIGN.md "One training step"):
+critic values at action positions -> GAE (skip-observation, across segments) -> advantage
+whitening -> K clipped value-loss steps -> one DIS policy step, all token-mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+from critic.gae import gae_over_segments, length_adaptive_lambda
+from critic.losses import clipped_value_loss, explained_variance
+from rl.batch import SampleBatch, micro_batches
+from rl.config import AlgoConfig, DeepSpeedConfig
+from rl.losses import dis_policy_loss, entropy_from_logits, masked_whiten
+
+
+def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1) -> None:
+    """Join (or create) the learner's process group. DeepSpeed reads the launcher's contract from
+    the process environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*); we fill it from config."""
+    if dist.is_initialized():
+        return
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(cfg.master_port))
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
+                               auto_mpi_discovery=False)
+
+
+def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,
+                     cfg: DeepSpeedConfig, warmup_steps: int = 0):
+    """Wrap `model` in a DeepSpeed engine with torch AdamW as the client optimiser."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)))
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.bf16},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def accumulate(engine, losses) -> float:
+    """Backward every micro-batch loss (already divided by the global token count), then take one
+    optimiser step; returns the gradient norm before clipping."""
+    losses = list(losses)
+    for i, loss_fn in enumerate(losses):
+        engine.set_gradient_accumulation_boundary(i == len(losses) - 1)
+        loss = loss_fn()
+        engine.backward(loss, scale_wrt_gas=False)
+        engine.step()
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(x_i | x_<i) at position i (0 at i = 0), under the sampling temperature."""
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(picked, (1, 0))
+
+
+class PolicyLearner:
+    def __init__(self, model_path: Path, lr: float, algo: AlgoConfig, ds: DeepSpeedConfig, temperature: float,
+                 warmup_steps: int = 0) -> None:
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
+        self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
+        self.algo = algo
+        self.temperature = temperature
+
+    def forward(self, mb: SampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+        logp = token_logprobs(logits, mb.input_ids, self.temperature)
+        return logp, logits
+
+    def sft_step(self, batch: SampleBatch) -> dict:
+        """Cross-entropy on the demonstrations' action tokens, token-mean over the batch."""
+        n = batch.num_action_tokens
+        stats = {"nll": 0.0}
+
+        def loss_of(idx):
+            def run():
+                mb = batch.rows(idx)
+                logp, _ = self.forward(mb)
+                loss = -(logp * mb.action_mask).sum() / n
+                stats["nll"] += float(loss)
+                return loss
+            return run
+        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm}
+
+    def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor) -> dict:
+        """One DIS policy-gradient step over the whole batch (ALGORITHMS.md §2.5)."""
+        n = batch.num_action_tokens
+        sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0}
+
+        def loss_of(idx):
+            def run():
+                mb = batch.rows(idx)
+                logp, logits = self.forward(mb)
+                adv = advantages[torch.tensor(idx)][:, : mb.input_ids.shape[1]]
+                loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
+                                           eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
+                                           num_tokens=n, tis_cap=self.algo.tis_cap)
+                w = mb.num_action_tokens / n
+                for k in ("masked_fraction", "mismatch_kl", "ratio_mean"):
+                    sums[k] += st[k] * w
+                with torch.no_grad():
+                    ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
+                    sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n
+                sums["loss"] += float(loss)
+                return loss
+            return run
+        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        return {f"policy/{k}": v for k, v in sums.items()} | {"policy/grad_norm": grad_norm}
+
+    def state_dict(self) -> dict:
+        """Full (gathered) weights on the CPU, for pushing to the engines."""
+        module = self.engine.module
+        if self.engine.zero_optimization_partition_weights():
+            params = list(module.parameters())
+            with deepspeed.zero.GatheredParameters(params):
+                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def save_pretrained(self, out_dir: Path, tokenizer) -> None:
+        module = self.engine.module
+        module.save_pretrained(str(out_dir), state_dict=self.state_dict())
+        tokenizer.save_pretrained(str(out_dir))
+
+
+class CriticLearner:
+    """Value model: the policy's backbone with a scalar head (token classification, 1 label)."""
+
+    def __init__(self, model_path: Path, algo: AlgoConfig, ds: DeepSpeedConfig) -> None:
+        model = AutoModelForTokenClassification.from_pretrained(str(model_path), num_labels=1,
+                                                                local_files_only=True, dtype=torch.float32)
+        self.engine = deepspeed_engine(model, algo.critic_lr, algo.weight_decay, algo.grad_clip, ds)
+        self.algo = algo
+
+    def forward(self, mb: SampleBatch) -> torch.Tensor:
+        """V(h_i) for token i, read at position i-1 (where the logit that produced token i lives)."""
+        out = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()
+        return torch.nn.functional.pad(out[:, :-1], (1, 0)) * mb.action_mask
+
+    @torch.no_grad()
+    def values(self, batch: SampleBatch) -> torch.Tensor:
+        values = torch.zeros_like(batch.action_mask)
+        for idx in micro_batches(batch, self.algo.micro_batch_tokens):
+            mb = batch.rows(idx)
+            values[torch.tensor(idx), : mb.input_ids.shape[1]] = self.forward(mb)
+        return values
+
+    def step(self, batch: SampleBatch, old_values: torch.Tensor, returns: torch.Tensor) -> dict:
+        n = batch.num_action_tokens
+        sums = {"loss": 0.0, "clipfrac": 0.0}
+
+        def loss_of(idx):
+            def run():
+                mb = batch.rows(idx)
+                t = mb.input_ids.shape[1]
+                rows = torch.tensor(idx)
+                loss, clipfrac = clipped_value_loss(self.forward(mb), old_values[rows, :t], returns[rows, :t],
+                                                    mb.action_mask, self.algo.value_clip, n)
+                sums["loss"] += float(loss)
+                sums["clipfrac"] += float(clipfrac) * mb.num_action_tokens / n
+                return loss
+            return run
+        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        return {"critic/loss": sums["loss"], "critic/clipfrac": sums["clipfrac"], "critic/grad_norm": grad_norm}
+
+
+@dataclass
+class Advantages:
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+
+def compute_advantages(batch: SampleBatch, values: torch.Tensor, algo: AlgoConfig) -> Advantages:
+    """GAE over action tokens and across segments; decoupled lambda (critic lam_critic, policy lam_p)."""
+    lam_p = (torch.full_like(batch.rewards, algo.lam_policy) if algo.lam_policy is not None
+             else length_adaptive_lambda(batch.rollout_action_tokens, algo.lam_policy_alpha))
+    n_rollouts = int(batch.rollout_index.max()) + 1
+    rollout_rewards = torch.zeros(n_rollouts).scatter(0, batch.rollout_index, batch.rewards)
+    adv, _ = gae_over_segments(rollout_rewards, values, batch.action_mask, batch.rollout_index,
+                               batch.segment_index, algo.gamma, lam_p, algo.lam_critic, algo.gae_mode)
+    _, ret = gae_over_segments(rollout_rewards, values, batch.action_mask, batch.rollout_index,
+                               batch.segment_index, algo.gamma, torch.full_like(batch.rewards, algo.lam_critic),
+                               algo.lam_critic, algo.gae_mode)
+    if algo.whiten_advantages:
+        adv = masked_whiten(adv, batch.action_mask)
+    return Advantages(advantages=adv, returns=ret, values=values)
+
+
+class PPOLearner:
+    """Critic-based PPO on single rollouts: K critic steps + one policy step per batch."""
+
+    def __init__(self, policy: PolicyLearner, critic: CriticLearner, algo: AlgoConfig) -> None:
+        self.policy, self.critic, self.algo = policy, critic, algo
+        self.steps_done = 0
+
+    def train_step(self, batch: SampleBatch) -> dict:
+        values = self.critic.values(batch)
+        adv = compute_advantages(batch, values, self.algo)
+        metrics = {"critic/explained_variance": explained_variance(values, adv.returns, batch.action_mask),
+                   "train/action_tokens": batch.num_action_tokens, "train/samples": float(batch.input_ids.shape[0])}
+        for _ in range(self.algo.critic_updates):
+            metrics |= self.critic.step(batch, values, adv.returns)
+        if self.steps_done >= self.algo.critic_warmup_steps:
+            for _ in range(self.algo.policy_updates):
+                metrics |= self.policy.ppo_step(batch, adv.advantages)
+        self.steps_done += 1
+        return metrics

@@ -1,0 +1,105 @@
+"""What a user watches: a live console view, wandb, a PNG plot, and summary.json.
+
+On a terminal the console shows a live table (rich) with step, reward, pass rate, losses and
+throughput; elsewhere (CI logs, files) it prints one line per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+import wandb
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from rl.config import LoggingConfig
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
+                "policy/entropy", "policy/masked_fraction", "perf/tokens_per_s", "perf/step_s")
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict, run_name: str, total_steps: int) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.console = Console(stderr=False)
+        self.history: list[dict] = []
+        self.events: list[tuple[str, float]] = []
+        self.started = time.time()
+        self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir), mode=cfg.wandb_mode,
+                              config=config, reinit="finish_previous")
+        self.live: Live | None = None
+        if cfg.console and self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    @property
+    def wandb_dir(self) -> str:
+        return str(Path(self.run.dir).parent) if self.run is not None and self.run.dir else ""
+
+    def phase(self, text: str) -> None:
+        """A one-off milestone (warm start, evaluation, ...), printed and kept for the summary."""
+        elapsed = time.time() - self.started
+        self.events.append((text, elapsed))
+        if self.cfg.console:
+            self.console.log(f"[{elapsed:6.1f}s] {text}")
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.history.append({"step": step, **metrics})
+        self.run.log(metrics, step=step)
+        if self.live is not None:
+            self.live.update(self._table())
+        elif self.cfg.console:
+            shown = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in CONSOLE_KEYS if k in metrics)
+            self.console.print(f"step {step + 1}/{self.total_steps} {shown}", highlight=False)
+
+    def _table(self) -> Table:
+        table = Table(title=f"horizonrl — {self.run_dir}", expand=False)
+        table.add_column("step", justify="right")
+        for key in CONSOLE_KEYS:
+            table.add_column(key.split("/")[-1], justify="right")
+        for row in self.history[-12:]:
+            table.add_row(f"{row['step'] + 1}/{self.total_steps}",
+                          *(f"{row[k]:.3g}" if k in row else "" for k in CONSOLE_KEYS))
+        return table
+
+    def plot(self, path: Path, before: float, after: float) -> None:
+        """Reward and pass rate over training steps, with the held-out pass rate before and after."""
+        steps = [r["step"] + 1 for r in self.history]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(steps, [r.get("rollout/reward", 0.0) for r in self.history], label="train reward (mean)")
+        ax.plot(steps, [r.get("rollout/pass_rate_ema", 0.0) for r in self.history], label="train pass rate (EMA)")
+        ax.axhline(before, ls="--", color="gray", label=f"held-out before RL ({before:.2f})")
+        ax.axhline(after, ls="--", color="green", label=f"held-out after RL ({after:.2f})")
+        ax.set_xlabel("PPO step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title("horizonrl: critic PPO on the built-in bug-fix suite")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    def finish(self, summary: dict) -> Path:
+        if self.live is not None:
+            self.live.stop()
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        self.run.finish()
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        if self.cfg.console:
+            table = Table(title="summary")
+            table.add_column("key")
+            table.add_column("value", justify="right")
+            for k, v in summary.items():
+                if isinstance(v, (int, float, str)):
+                    table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+            self.console.print(table)
+        return path

@@ -1,0 +1,130 @@
+"""Ray placement of the engine and rollout workers, rollouts, evaluation and weight pushes.
+
+The synchronous orchestrator runs: rollout -> train -> push weights -> repeat. The engine is an
+async Ray actor with dynamic batching; rollout workers are async Ray actors that each run many
+episodes at once. `ray.init(address=...)` joins an existing cluster with the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import ray
+
+from envs.tasks import Task
+from rl.config import TrainConfig
+from rollout.chat import stop_token_ids
+from rollout.engine import SamplingParams
+from rollout.hf_engine import HFEngineActor
+from rollout.trajectory import Trajectory
+from rollout.worker import RolloutWorker
+
+
+def sampling_params(cfg: TrainConfig, tokenizer) -> SamplingParams:
+    s = cfg.sampling
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                          max_new_tokens=s.max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
+
+
+class RolloutCluster:
+    """One `hf` engine actor and `rollout.num_workers` rollout workers."""
+
+    def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig) -> None:
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True,
+                     num_cpus=max(2, cfg.rollout.num_workers + 1))
+        self.engine = ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
+            policy_path, tokenizer.pad_token_id, cfg.seed, cfg.engine.num_threads, cfg.engine.max_batch,
+            cfg.engine.batch_wait_s)
+        self.workers = [
+            ray.remote(RolloutWorker).options(num_cpus=0, max_concurrency=10_000).remote(
+                self.engine, policy_path, cfg.agent, cfg.env, cfg.rollout.max_concurrent_per_worker)
+            for _ in range(cfg.rollout.num_workers)
+        ]
+        ray.get([w.ping.remote() for w in self.workers])
+        self.sampling = sampling_params(cfg, tokenizer)
+        self.version = 0
+
+    def rollout(self, tasks: list[Task], rollout_ids: list[str]) -> list[Trajectory]:
+        """Run one episode per task, spread round-robin over the workers; returns in input order."""
+        shards = [list(zip(tasks[i::len(self.workers)], rollout_ids[i::len(self.workers)]))
+                  for i in range(len(self.workers))]
+        results = ray.get([w.run_episodes.remote(shard, self.sampling)
+                           for w, shard in zip(self.workers, shards) if shard])
+        by_id = {t.rollout_id: t for shard in results for t in shard}
+        return [by_id[rid] for rid in rollout_ids]
+
+    def push_weights(self, state: dict, version: int) -> None:
+        ray.get(self.engine.update_weights.remote(ray.put(state), version))
+        self.version = version
+
+    def engine_stats(self) -> dict:
+        return ray.get(self.engine.stats.remote())
+
+    def shutdown(self) -> None:
+        for actor in [*self.workers, self.engine]:
+            ray.kill(actor)
+
+
+@dataclass
+class EvalResult:
+    pass_rate: float
+    episodes: int
+    per_family: dict[str, float]
+    trajectories: list[Trajectory] = field(repr=False, default_factory=list)
+
+
+def evaluate(cluster: RolloutCluster, tasks: list[Task], samples_per_task: int, tag: str) -> EvalResult:
+    """Held-out pass rate with the training sampling settings, `samples_per_task` episodes per task."""
+    jobs = [t for t in tasks for _ in range(samples_per_task)]
+    ids = [f"eval-{tag}-{t.task_id}-{k % samples_per_task}" for k, t in enumerate(jobs)]
+    trajs = cluster.rollout(jobs, ids)
+    families: dict[str, list[float]] = {}
+    for task, traj in zip(jobs, trajs):
+        families.setdefault(task.family, []).append(float(traj.passed))
+    return EvalResult(pass_rate=sum(t.passed for t in trajs) / len(trajs), episodes=len(trajs),
+                      per_family={f: sum(v) / len(v) for f, v in sorted(families.items())}, trajectories=trajs)
+
+
+class TaskSampler:
+    """Training tasks in shuffled epochs; its position is part of a checkpoint."""
+
+    def __init__(self, tasks: list[Task], seed: int) -> None:
+        self.tasks, self.seed = tasks, seed
+        self.epoch, self.pos = 0, 0
+        self.order = self._order()
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.tasks)))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        return order
+
+    def next_batch(self, n: int) -> list[Task]:
+        out = []
+        while len(out) < n:
+            if self.pos == len(self.order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.order = self._order()
+            out.append(self.tasks[self.order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+
+def rollout_metrics(trajectories: list[Trajectory]) -> dict:
+    """Per-step rollout statistics for the console and wandb."""
+    n = len(trajectories)
+    statuses = [t.status.value for t in trajectories]
+    return {
+        "rollout/reward": sum(t.reward for t in trajectories) / n,
+        "rollout/pass_rate": sum(t.passed for t in trajectories) / n,
+        "rollout/turns": sum(t.num_turns for t in trajectories) / n,
+        "rollout/parse_errors": sum(t.parse_errors for t in trajectories) / n,
+        "rollout/action_tokens": sum(t.num_action_tokens for t in trajectories) / n,
+        "rollout/segments_per_rollout": sum(len(t.segments) for t in trajectories) / n,
+        "rollout/submitted": statuses.count("submitted") / n,
+        "rollout/env_errors": statuses.count("env_error") / n,
+    }

@@ -1,0 +1,100 @@
+"""The agent loop: one episode of a coding task, token-in/token-out.
+
+render context -> engine.generate(token ids) -> parse tool call -> guard -> sandbox -> append
+observation (mask 0) -> ... -> submit / turn limit -> grade in a pristine copy.
+
+The context is a list of token ids that only ever grows by :meth:`Segment.append`: sampled ids
+go in as the engine returned them (mask 1, with log-probs and weight versions), new text (tool
+output, headers) is tokenised piece by piece (mask 0). Nothing is decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from envs.env import CodingEnv
+from envs.tasks import Task
+from rollout.chat import IM_END, ParseError, encode_text, observation_text, parse_tool_call, prompt_text
+from rollout.engine import Engine, SamplingParams
+from rollout.trajectory import Segment, Status, Trajectory
+
+
+@dataclass
+class AgentConfig:
+    max_turns: int = 6
+    max_context_tokens: int = 1024
+    min_turn_tokens: int = 16          # stop with CONTEXT_LIMIT when less room than this is left
+
+
+class ToolGuard(Protocol):
+    """What the agent loop needs from the anti-hack guard (see `antihack.guard`)."""
+
+    def check(self, call: dict, step: int, weight_version: int, recent_context: list[str]): ...
+
+
+async def run_episode(engine: Engine, tokenizer, make_env: Callable[[Task], CodingEnv], task: Task,
+                      rollout_id: str, sampling: SamplingParams, cfg: AgentConfig,
+                      guard: ToolGuard | None = None) -> Trajectory:
+    """Run one episode of `task` and return its trajectory with the pristine grade as reward."""
+    seg = Segment(rollout_id=rollout_id, index=0)
+    seg.append(encode_text(tokenizer, prompt_text(task.instruction)), sampled=False)
+    traj = Trajectory(rollout_id=rollout_id, task_id=task.task_id, segments=[seg])
+    im_end = encode_text(tokenizer, IM_END)
+    try:
+        env = await asyncio.to_thread(make_env, task)
+    except Exception as exc:  # noqa: BLE001 - a broken task must not take down the worker
+        traj.status = Status.ENV_ERROR
+        traj.transcript.append({"error": f"environment setup failed: {exc}"})
+        return traj
+    try:
+        traj.status = Status.TURN_LIMIT
+        for turn in range(cfg.max_turns):
+            room = cfg.max_context_tokens - len(seg.tokens)
+            if room < cfg.min_turn_tokens:
+                traj.status = Status.CONTEXT_LIMIT
+                break
+            params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                    max_new_tokens=min(sampling.max_new_tokens, room),
+                                    stop_token_ids=sampling.stop_token_ids)
+            out = await engine.generate(seg.tokens, params)
+            seg.append(out.token_ids, sampled=True, logprobs=out.logprobs, versions=out.weight_versions)
+            if out.finish_reason != "stop":
+                seg.append(im_end, sampled=False)  # close the turn so the chat format stays valid
+            traj.num_turns = turn + 1
+            text = tokenizer.decode(out.token_ids, skip_special_tokens=False)
+            call = parse_tool_call(text)
+            if isinstance(call, ParseError):
+                traj.parse_errors += 1
+                observation, done = call.message, False
+            else:
+                observation, done = await _execute(env, call, guard, traj, turn, out.weight_versions)
+            traj.transcript.append({"action": text, "observation": observation})
+            if done:
+                traj.status = Status.SUBMITTED
+                break
+            seg.append(encode_text(tokenizer, observation_text(observation)), sampled=False)
+        grade = await asyncio.to_thread(env.grade)
+        traj.passed, traj.reward = grade.passed, grade.reward
+    except Exception as exc:  # noqa: BLE001 - sandbox crash: excluded from training, kept for audit
+        traj.status = Status.ENV_ERROR
+        traj.transcript.append({"error": f"environment failed: {type(exc).__name__}: {exc}"})
+    finally:
+        await asyncio.to_thread(env.close)
+    return traj
+
+
+async def _execute(env: CodingEnv, call, guard: ToolGuard | None, traj: Trajectory, turn: int,
+                   versions: list[int]) -> tuple[str, bool]:
+    """Pass the call through the guard; run it in the sandbox unless the guard blocks it."""
+    if guard is not None:
+        recent = [t["action"] for t in traj.transcript[-2:]]
+        decision = guard.check({"name": call.name, "arguments": call.arguments}, step=turn,
+                               weight_version=min(versions) if versions else -1, recent_context=recent)
+        if decision.event is not None:
+            traj.hack_events.append(decision.event)
+        if decision.action == "block":
+            return decision.dummy_observation or "", False
+    result = await asyncio.to_thread(env.step, call)
+    return result.observation, result.done

@@ -1,0 +1,48 @@
+"""The inference engine interface the agent loop and the orchestrator drive.
+
+Two implementations share it: ``hf`` (a transformers model in a Ray actor, this package) and,
+in production, ``sglang`` (servers behind a router). The orchestrator never knows which one it
+drives: it calls :meth:`Engine.generate` with token ids and :meth:`Engine.update_weights` with a
+state dict and a version number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                      # 0 = no top-k filter
+    max_new_tokens: int = 128
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"sampling temperature must be > 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+
+
+@dataclass
+class GenerateOutput:
+    """New token ids exactly as sampled, their log-probs under the sampling distribution,
+    why generation stopped, and the weight version that sampled each token."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str                  # "stop" | "length"
+    weight_versions: list[int]
+
+
+class Engine(Protocol):
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerateOutput: ...
+
+    async def update_weights(self, state: dict, version: int) -> None: ...
+
+    async def weight_version(self) -> int: ...

@@ -1,0 +1,180 @@
+"""The ``hf`` engine: a transformers causal LM that generates batches with a KV cache.
+
+:class:`HFGenerator` is the in-process model (used directly by evaluation code and tests);
+:class:`HFEngineActor` wraps it in an async Ray actor that gathers concurrent ``generate``
+requests from many episodes into one batch (dynamic batching), so rollout workers can run
+episodes independently while the model still sees batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from rollout.engine import GenerateOutput, SamplingParams
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The sampling distribution's logits: logits/T, then top-k, then nucleus (top-p) filtering."""
+    logits = logits / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+class HFGenerator:
+    """Batched sampling with a KV cache; returns token ids and their behaviour log-probs."""
+
+    def __init__(self, model_path: str | Path, pad_token_id: int, seed: int, num_threads: int) -> None:
+        torch.set_num_threads(num_threads)
+        self.model = load_causal_lm(model_path)
+        self.model.eval()
+        self.pad_token_id = pad_token_id
+        self.generator = torch.Generator().manual_seed(seed)
+        self.version = 0
+
+    def load_state(self, state: dict, version: int) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+        if missing or unexpected:
+            raise ValueError(f"weight update does not match the engine's model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        self.version = version
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerateOutput]:
+        device = next(self.model.parameters()).device
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, longest), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding
+            ids[i, longest - len(p):] = torch.tensor(p)
+            mask[i, longest - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        past, logits = out.past_key_values, out.logits[:, -1, :].float()
+        tokens = torch.zeros((batch, 0), dtype=torch.long)
+        logps = torch.zeros((batch, 0))
+        alive = torch.ones(batch, dtype=torch.bool)
+        lengths = torch.zeros(batch, dtype=torch.long)
+        next_pos = positions[:, -1] + 1
+        for _ in range(params.max_new_tokens):
+            dist_logits = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+            logprobs_all = torch.log_softmax(dist_logits, dim=-1)
+            nxt = torch.multinomial(logprobs_all.exp().cpu(), 1, generator=self.generator).squeeze(-1)
+            lp = logprobs_all.cpu().gather(-1, nxt[:, None]).squeeze(-1)
+            nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_token_id))
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            logps = torch.cat([logps, lp[:, None]], dim=1)
+            lengths += alive.long()
+            alive &= ~torch.isin(nxt, stop.cpu())
+            if not alive.any():
+                break
+            mask = torch.cat([mask, alive.long().to(device)[:, None]], dim=1)
+            out = self.model(input_ids=nxt[:, None].to(device), attention_mask=mask,
+                             position_ids=next_pos[:, None], past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+        results = []
+        for i in range(batch):
+            n = int(lengths[i])
+            ids_i = tokens[i, :n].tolist()
+            finished = n > 0 and ids_i[-1] in params.stop_token_ids
+            results.append(GenerateOutput(token_ids=ids_i, logprobs=logps[i, :n].tolist(),
+                                          finish_reason="stop" if finished else "length",
+                                          weight_versions=[self.version] * n))
+        return results
+
+
+def load_causal_lm(path: str | Path) -> torch.nn.Module:
+    """Load a causal LM from a local checkpoint directory, naming the path if it is unusable."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no model checkpoint at {path} (config.json missing)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise RuntimeError(f"cannot load the model checkpoint at {path}: {exc}") from exc
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    future: asyncio.Future
+
+
+class HFEngineActor:
+    """Async Ray actor serving :class:`HFGenerator` with dynamic batching.
+
+    Requests that arrive while a batch runs are queued; each batch takes up to ``max_batch``
+    requests with equal sampling params. ``update_weights`` waits for the running batch, so every
+    token of a batch was sampled by one version; episodes continue across updates (partial rollout).
+    """
+
+    def __init__(self, model_path: str, pad_token_id: int, seed: int, num_threads: int,
+                 max_batch: int, batch_wait_s: float) -> None:
+        self.gen = HFGenerator(model_path, pad_token_id, seed, num_threads)
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.queue: list[_Request] = []
+        self.lock = asyncio.Lock()
+        self.wakeup = asyncio.Event()
+        self.loop_task: asyncio.Task | None = None
+        self.tokens_generated = 0
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerateOutput:
+        if self.loop_task is None:
+            self.loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append(_Request(list(prompt_ids), params, future))
+        self.wakeup.set()
+        return await future
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            await asyncio.sleep(self.batch_wait_s)
+            if not self.queue:
+                self.wakeup.clear()
+                continue
+            params = self.queue[0].params
+            batch = [r for r in self.queue if r.params == params][: self.max_batch]
+            taken = {id(r) for r in batch}
+            self.queue = [r for r in self.queue if id(r) not in taken]
+            if not self.queue:
+                self.wakeup.clear()
+            async with self.lock:
+                try:
+                    outs = await asyncio.to_thread(self.gen.generate, [r.prompt for r in batch], params)
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                    for r in batch:
+                        r.future.set_exception(exc)
+                    continue
+            for r, o in zip(batch, outs):
+                self.tokens_generated += len(o.token_ids)
+                r.future.set_result(o)
+
+    async def update_weights(self, state: dict, version: int) -> None:
+        async with self.lock:
+            self.gen.load_state(state, version)
+
+    async def weight_version(self) -> int:
+        return self.gen.version
+
+    async def stats(self) -> dict:
+        return {"tokens_generated": self.tokens_generated, "version": self.gen.version}

@@ -1,0 +1,75 @@
+"""Ray rollout workers: each runs many episodes concurrently (asyncio) against a shared engine."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+from envs.env import CodingEnv
+from envs.sandbox import SandboxLimits
+from envs.tasks import Task
+from rollout.agent import AgentConfig, run_episode
+from rollout.engine import GenerateOutput, SamplingParams
+from rollout.tokenizer import load_tokenizer
+from rollout.trajectory import Trajectory
+
+
+@dataclass
+class EnvConfig:
+    backend: str = "local"
+    max_observation_chars: int = 1200
+    exec_timeout_s: float = 10.0
+    memory_mb: int = 1024
+    max_processes: int = 64
+
+
+class RayEngineClient:
+    """The `Engine` interface over a Ray actor handle (an `HFEngineActor` or any engine actor)."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerateOutput:
+        return await self.handle.generate.remote(prompt_ids, params)
+
+    async def update_weights(self, state: dict, version: int) -> None:
+        await self.handle.update_weights.remote(state, version)
+
+    async def weight_version(self) -> int:
+        return await self.handle.weight_version.remote()
+
+
+def make_env(task: Task, cfg: EnvConfig) -> CodingEnv:
+    limits = SandboxLimits(timeout_s=cfg.exec_timeout_s, memory_mb=cfg.memory_mb, max_processes=cfg.max_processes)
+    return CodingEnv(task, backend=cfg.backend, limits=limits, max_observation_chars=cfg.max_observation_chars)
+
+
+class RolloutWorker:
+    """A Ray actor that runs episodes; `max_concurrent` of them are in flight at once."""
+
+    def __init__(self, engine_handle, tokenizer_path: str, agent: AgentConfig, env: EnvConfig,
+                 max_concurrent: int) -> None:
+        self.engine = RayEngineClient(engine_handle)
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.agent = agent
+        self.env = env
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.executor = ThreadPoolExecutor(max_workers=max_concurrent * 2)
+
+    def _use_executor(self) -> None:
+        """Sandbox calls run in threads; give them enough for `max_concurrent` episodes."""
+        asyncio.get_running_loop().set_default_executor(self.executor)
+
+    async def run_episode(self, task: Task, rollout_id: str, sampling: SamplingParams) -> Trajectory:
+        async with self.slots:
+            return await run_episode(self.engine, self.tokenizer, partial(make_env, cfg=self.env), task,
+                                     rollout_id, sampling, self.agent)
+
+    async def run_episodes(self, jobs: list[tuple[Task, str]], sampling: SamplingParams) -> list[Trajectory]:
+        self._use_executor()
+        return list(await asyncio.gather(*(self.run_episode(t, rid, sampling) for t, rid in jobs)))
+
+    async def ping(self) -> bool:
+        return True
