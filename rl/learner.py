@@ -59,12 +59,17 @@ def accumulate(engine, losses) -> float:
     """Backward every micro-batch loss (already divided by the global token count), then take one
     optimiser step; returns the gradient norm before clipping."""
     losses = list(losses)
+    norm = None
     for i, loss_fn in enumerate(losses):
-        engine.set_gradient_accumulation_boundary(i == len(losses) - 1)
-        loss = loss_fn()
-        engine.backward(loss, scale_wrt_gas=False)
+        last = i == len(losses) - 1
+        engine.set_gradient_accumulation_boundary(last)
+        engine.backward(loss_fn(), scale_wrt_gas=False)
+        if last and engine.zero_optimization_stage() == 0:  # ZeRO-0 clips without recording the norm
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
         engine.step()
-    norm = engine.get_global_grad_norm()
+    if norm is None:
+        norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
 
 
@@ -98,7 +103,7 @@ class PolicyLearner:
                 mb = batch.rows(idx)
                 logp, _ = self.forward(mb)
                 loss = -(logp * mb.action_mask).sum() / n
-                stats["nll"] += float(loss)
+                stats["nll"] += float(loss.detach())
                 return loss
             return run
         grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
@@ -123,7 +128,7 @@ class PolicyLearner:
                 with torch.no_grad():
                     ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
                     sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n
-                sums["loss"] += float(loss)
+                sums["loss"] += float(loss.detach())
                 return loss
             return run
         grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
@@ -177,7 +182,7 @@ class CriticLearner:
                 rows = torch.tensor(idx)
                 loss, clipfrac = clipped_value_loss(self.forward(mb), old_values[rows, :t], returns[rows, :t],
                                                     mb.action_mask, self.algo.value_clip, n)
-                sums["loss"] += float(loss)
+                sums["loss"] += float(loss.detach())
                 sums["clipfrac"] += float(clipfrac) * mb.num_action_tokens / n
                 return loss
             return run

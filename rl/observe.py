@@ -52,6 +52,13 @@ class RunLogger:
         if self.cfg.console:
             self.console.log(f"[{elapsed:6.1f}s] {text}")
 
+    def log_warm_start(self, step: int, total: int, metrics: dict) -> None:
+        """SFT progress: to wandb every step, to the console every tenth of the way."""
+        self.run.log({**metrics, "sft/step": step})
+        if self.cfg.console and (step + 1) % max(1, total // 10) == 0:
+            shown = " ".join(f"{k.split('/')[-1]}={v:.3g}" for k, v in metrics.items())
+            self.console.print(f"  sft {step + 1}/{total} {shown}", highlight=False)
+
     def log(self, step: int, metrics: dict) -> None:
         self.history.append({"step": step, **metrics})
         self.run.log(metrics, step=step)

@@ -48,7 +48,7 @@ def main(raw: DictConfig) -> None:
     if cfg.sft.enabled:
         log.phase(f"SFT warm start: {cfg.sft.steps} steps on {len(demos)} scripted demonstrations")
         policy_path = sft_warm_start(base, demos, tokenizer, cfg.sft, cfg.algo, cfg.deepspeed, run_dir / "sft",
-                                     cfg.seed, on_step=lambda s, m: log.run.log({**m, "sft/step": s}))
+                                     cfg.seed, on_step=lambda s, m: log.log_warm_start(s, cfg.sft.steps, m))
 
     # 2. Engines and rollout workers (Ray), the held-out pass rate before RL.
     cluster = RolloutCluster(str(policy_path), tokenizer, cfg)

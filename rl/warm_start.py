@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,20 +43,20 @@ class Demonstration:
         return "".join(parts)
 
 
-def demonstrations(tasks: list[Task], env_cfg: EnvConfig) -> list[Demonstration]:
-    """Run the scripted solver in real sandboxes; every demonstration must pass its grade."""
-    demos = []
-    for task in tasks:
-        with make_env(task, env_cfg) as env:
-            turns = []
-            for call in scripted_solution(task):
-                result = env.step(call)
-                turns.append((call, result.observation))
-            grade = env.grade()
-        if not grade.passed:
-            raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
-        demos.append(Demonstration(task, turns, grade.passed))
-    return demos
+def demonstration(task: Task, env_cfg: EnvConfig) -> Demonstration:
+    """Run the scripted solver on `task` in a real sandbox; the result must pass its grade."""
+    with make_env(task, env_cfg) as env:
+        turns = [(call, env.step(call).observation) for call in scripted_solution(task)]
+        grade = env.grade()
+    if not grade.passed:
+        raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
+    return Demonstration(task, turns, grade.passed)
+
+
+def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8) -> list[Demonstration]:
+    """Demonstrations for every task, in task order (sandboxes run in parallel threads)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda t: demonstration(t, env_cfg), tasks))
 
 
 def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajectory:

@@ -33,13 +33,10 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE)
 
 
 def system_prompt() -> str:
-    """The system message: the tools, one line each, and how to call them."""
-    lines = ["You are a coding agent. Fix the bug, then submit. Call one tool per turn as",
-             f'{TOOL_CALL_OPEN}{{"name": ..., "arguments": {{...}}}}{TOOL_CALL_CLOSE}. Tools:']
-    for spec in TOOL_SPECS:
-        args = ", ".join(spec["parameters"].get("properties", {}))
-        lines.append(f"- {spec['name']}({args}): {spec['description']}")
-    return "\n".join(lines)
+    """The system message: the tools and how to call them, kept short (it is in every context)."""
+    tools = ", ".join(f"{spec['name']}({', '.join(spec['parameters'].get('properties', {}))})" for spec in TOOL_SPECS)
+    return (f"You are a coding agent. Fix the bug, then submit. One tool call per turn: "
+            f'{TOOL_CALL_OPEN}{{"name": ..., "arguments": {{...}}}}{TOOL_CALL_CLOSE}. Tools: {tools}.')
 
 
 def render_tool_call(call: ToolCall) -> str:

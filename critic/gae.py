@@ -1,0 +1,326 @@
+"""Generalised advantage estimation over action tokens (ALGORITHMS.md §2.2, §2.3, §3.3).
+
+All tensors are ``[B, T]`` and aligned with the token sequence of each sample: ``action_mask`` is 1
+on the tokens the policy sampled and 0 on prompt, template, tool output and padding. GAE runs over
+the *action tokens only* (skip-observation GAE): the action tokens of a row are numbered
+t = 1..n and an observation span between two of them is not a step, so V_{t+1} of the last token
+of an action span is the value of the first token of the next action span.
+
+Vectorisation: the action tokens of each row are compacted to the left (a cumsum scatter), the
+backward recursion A_t = δ_t + γλ·A_{t+1} is evaluated as a discounted reverse cumulative sum
+(blocked: one small matrix product per block of 16 tokens, block carries resolved by the same
+function one level up), and the result is scattered back. Internally everything is float64.
+
+Across compacted sub-traces (one sample per segment of a rollout), :func:`gae_over_segments`
+implements the two boundary modes of §3.3: ``crl`` (every segment ends with the rollout reward,
+advantages shrunk by (γλ_p)^{N_{>s}}) and ``boot`` (the segments of a rollout form one chain; the
+last action of segment s bootstraps from the first action value of segment s+1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BLOCK = 16
+"""Block length of the blocked discounted reverse cumulative sum."""
+
+GAE_MODES = ("crl", "boot")
+
+
+# ----------------------------------------------------------------------------- shape checks
+
+
+def _check_same_2d(**tensors: Tensor) -> tuple[int, int]:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 2 or any(s != first for s in shapes.values()):
+        raise ValueError(f"expected [B, T] tensors of one shape, got {shapes}")
+    return first[0], first[1]
+
+
+def _per_row(x: float | Tensor | None, rows: int, name: str, device: torch.device, default: float = 0.0) -> Tensor:
+    """A float, a 0-dim tensor or a ``[B]`` tensor as a float64 ``[B]`` tensor on ``device``."""
+    if x is None:
+        return torch.full((rows,), default, dtype=torch.float64, device=device)
+    if isinstance(x, Tensor):
+        if x.dim() == 0:
+            return x.detach().to(device, torch.float64).expand(rows).clone()
+        if tuple(x.shape) != (rows,):
+            raise ValueError(f"{name} must be a float or a [B]={rows} tensor, got shape {tuple(x.shape)}")
+        return x.detach().to(device, torch.float64)
+    return torch.full((rows,), float(x), dtype=torch.float64, device=device)
+
+
+# ----------------------------------------------------------------------------- the scan
+
+
+def discount_matrix(discount: Tensor, size: int) -> Tensor:
+    """M[..., i, j] = c^{j−i} for j ≥ i, else 0: ``[size, size]`` for a 0-dim c, ``[B, size, size]`` for c: [B]."""
+    steps = torch.arange(size, device=discount.device)
+    exponent = steps[None, :] - steps[:, None]
+    powers = discount[..., None] ** steps.to(discount.dtype)  # c^k, k = 0..size-1
+    return powers[..., exponent.clamp(min=0)] * (exponent >= 0).to(discount.dtype)
+
+
+def discounted_reverse_cumsum(x: Tensor, discount: Tensor, block: int = BLOCK) -> Tensor:
+    """y_t = Σ_{k≥t} c^{k−t} x_k, i.e. y_t = x_t + c·y_{t+1}, per row (``x``: [B, T], c: [B]).
+
+    Blocked: inside a block of ``block`` tokens y is one matrix product with
+    :func:`discount_matrix`; y at the start of every block is the same sum over the block heads
+    with discount c^block (a recursive call on T/block columns), and each block adds
+    c^{block−i}·y(start of the next block). Only non-negative powers of c appear (no division),
+    so it is stable for any c in [0, 1] and any length. When every row has the same c, one shared
+    matrix serves all rows (a single GEMM).
+    """
+    rows, length = x.shape
+    if rows == 0 or length == 0:
+        return x.clone()
+    shared = bool((discount == discount[0]).all())
+    size = min(length, block)
+    num_blocks = -(-length // size)
+    if num_blocks * size != length:
+        x = torch.nn.functional.pad(x, (0, num_blocks * size - length))
+    xb = x.view(rows, num_blocks, size)
+    if shared:
+        y = xb @ discount_matrix(discount[0], size).T
+    else:
+        y = torch.einsum("bij,bnj->bni", discount_matrix(discount, size), xb)
+    if num_blocks > 1:
+        block_starts = discounted_reverse_cumsum(y[:, :, 0], discount**size, block)
+        tail = discount[:, None] ** (size - torch.arange(size, dtype=x.dtype, device=x.device))  # c^{size-i}
+        y[:, :-1].addcmul_(tail[:, None, :], block_starts[:, 1:, None])  # + c^{size-i}·y(next block start)
+    return y.reshape(rows, num_blocks * size)[:, :length]
+
+
+def action_slots(action_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Skip-observation index of every token, ``[B, T]`` int32, and the action count of each row.
+
+    The k-th action token of a row (k = 1..n, observations skipped) gets slot k; every other token
+    gets slot 0, a spare column. Scattering into ``n_max + 1`` columns with it compacts the action
+    tokens of a row to the left (:func:`compact_actions`); gathering with it puts them back
+    (:func:`expand_actions`).
+    """
+    mask = action_mask != 0
+    rank = mask.cumsum(1, dtype=torch.int32)
+    count = rank[:, -1].long() if rank.shape[1] else torch.zeros(rank.shape[0], dtype=torch.long, device=rank.device)
+    return rank.mul_(mask), count
+
+
+def compact_actions(x: Tensor, slots: Tensor, width: int) -> Tensor:
+    """``out[b, k]`` = x at the k-th action token of row b (k = 1..width); column 0 and unused slots are 0."""
+    out = torch.zeros(x.shape[0], width + 1, dtype=x.dtype, device=x.device).scatter_(1, slots, x)
+    out[:, 0] = 0
+    return out
+
+
+def expand_actions(compact: Tensor, slots: Tensor) -> Tensor:
+    """Inverse of :func:`compact_actions`: each action token gets its slot's entry, other tokens 0.
+
+    Requires ``compact[:, 0] == 0`` (the spare column non-action tokens read from).
+    """
+    return compact.gather(1, slots)
+
+
+# ----------------------------------------------------------------------------- GAE
+
+
+def gae(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam: float | Tensor,
+        bootstrap_values: Tensor | None = None,
+        bootstrap_advantages: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Skip-observation GAE over the action tokens t = 1..n of each row.
+
+        δ_t = r_t + γ·V_{t+1} − V_t,      V_{n+1} = bootstrap_values (default 0)
+        A_t = δ_t + γλ·A_{t+1},           A_{n+1} = bootstrap_advantages (default 0)
+        G_t = A_t + V_t
+
+    Only action tokens (``action_mask`` ≠ 0) are steps: V_{t+1} of the last token of an action span
+    is the value of the first token of the next action span. ``lam`` is a float or a ``[B]`` tensor
+    (per-row λ, e.g. the length-adaptive policy λ). ``bootstrap_values`` ([B]) is the value after
+    the last action token (truncated rollouts, BOOT mode); ``bootstrap_advantages`` ([B]) chains a
+    row to the advantage of the step after it (BOOT mode). Values at non-action positions are
+    ignored; rewards there must be 0. Advantages and returns are exactly 0 where ``action_mask``
+    is 0. Returns ``(advantages, returns)`` in the dtype of ``values``; float64 inside.
+    """
+    rows, length = _check_same_2d(rewards=rewards, values=values, action_mask=action_mask)
+    device = values.device
+    discount = gamma * _per_row(lam, rows, "lam", device)
+    slots, count = action_slots(action_mask)
+    width = int(count.max()) if rows else 0
+    r = compact_actions(rewards.detach(), slots, width)    # [B, 1 + n_max]; column 0 is spare
+    if int(torch.count_nonzero(rewards)) != int(torch.count_nonzero(r)):
+        raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
+    v = compact_actions(values.detach(), slots, width)
+
+    padded = -(-(width + 1) // BLOCK) * BLOCK  # whole scan blocks: no copy inside the scan
+    delta = torch.zeros(rows, padded, dtype=torch.float64, device=device)
+    delta[:, 1:width] = v[:, 2:]                            # V_{t+1}; 0 after the last action token
+    last = count[:, None]                                   # slot of the last action token (0: none)
+    if bootstrap_values is not None:
+        delta.scatter_(1, last, _per_row(bootstrap_values, rows, "bootstrap_values", device)[:, None])
+    delta[:, : width + 1].mul_(gamma).add_(r).sub_(v)       # δ_t = r_t + γ·V_{t+1} − V_t
+    if bootstrap_advantages is not None:                    # + γλ·A_{n+1} on the last action token
+        carried = discount * _per_row(bootstrap_advantages, rows, "bootstrap_advantages", device)
+        delta.scatter_add_(1, last, carried[:, None])
+    delta[:, 0] = 0
+
+    advantages = discounted_reverse_cumsum(delta, discount)[:, : width + 1]  # A_t = δ_t + γλ·A_{t+1}
+    advantages[:, 0] = 0
+    adv_out = expand_actions(advantages.to(values.dtype), slots)
+    returns = advantages.add_(v)                             # G_t = A_t + V_t
+    return adv_out, expand_actions(returns.to(values.dtype), slots)
+
+
+def gae_reference_loop(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam: float | Tensor,
+                       bootstrap_values: Tensor | None = None,
+                       bootstrap_advantages: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Plain Python-loop version of :func:`gae` (same equations, token by token).
+
+    For tests and the benchmark only.
+    """
+    rows, length = _check_same_2d(rewards=rewards, values=values, action_mask=action_mask)
+    cpu = torch.device("cpu")
+    lams = _per_row(lam, rows, "lam", cpu).tolist()
+    next_values = _per_row(bootstrap_values, rows, "bootstrap_values", cpu).tolist()
+    next_advantages = _per_row(bootstrap_advantages, rows, "bootstrap_advantages", cpu).tolist()
+    advantages = [[0.0] * length for _ in range(rows)]
+    returns = [[0.0] * length for _ in range(rows)]
+    for b, (r_row, v_row, m_row) in enumerate(zip(rewards.tolist(), values.tolist(), action_mask.tolist())):
+        v_next, a_next = next_values[b], next_advantages[b]
+        for t in reversed(range(length)):
+            if m_row[t] == 0:
+                continue
+            delta = r_row[t] + gamma * v_next - v_row[t]
+            a_next = delta + gamma * lams[b] * a_next
+            v_next = v_row[t]
+            advantages[b][t] = a_next
+            returns[b][t] = a_next + v_row[t]
+    return (torch.tensor(advantages, dtype=values.dtype, device=values.device),
+            torch.tensor(returns, dtype=values.dtype, device=values.device))
+
+
+def length_adaptive_lambda(num_action_tokens: Tensor, alpha: float) -> Tensor:
+    """λ_p = 1 − 1/(α·L) (VAPO; SAO and CompactionRL use α = 1.5), clamped to [0, 1].
+
+    L is the number of action tokens of the whole rollout (summed over its sub-traces).
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    length = num_action_tokens.to(torch.float64)
+    lam = 1.0 - 1.0 / (alpha * length.clamp(min=1e-12))
+    return lam.clamp(0.0, 1.0).to(num_action_tokens.dtype if num_action_tokens.is_floating_point() else torch.float32)
+
+
+# ----------------------------------------------------------------------------- across sub-traces
+
+
+def _first_last_action(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of the first and of the last action token of each row (0 for rows without one)."""
+    length = mask.shape[1]
+    first = mask.int().argmax(1)
+    last = length - 1 - mask.flip(1).int().argmax(1)
+    return first, torch.where(mask.any(1), last, 0)
+
+
+def trajectory_position_correction(gamma: float, lam: Tensor, tokens_after: Tensor) -> Tensor:
+    """(γ·λ_p)^{N_{>s}}: CompactionRL eq. 14, the factor on segment s's local advantages.
+
+    N_{>s} is the number of action tokens in later segments of the same rollout.
+    """
+    return (gamma * lam) ** tokens_after.to(lam.dtype)
+
+
+def gae_over_segments(rewards_final: Tensor, values: Tensor, action_mask: Tensor, rollout_index: Tensor,
+                      segment_index: Tensor, gamma: float, lam_policy: float | Tensor, lam_critic: float = 1.0,
+                      mode: str = "crl", final_values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """GAE across the compacted sub-traces of rollouts (ALGORITHMS.md §3.3).
+
+    Row b is segment ``segment_index[b]`` of rollout ``rollout_index[b]``, whose outcome reward is
+    ``rewards_final[rollout_index[b]]``. Advantages use ``lam_policy`` (float or [B]); returns
+    G = A(λ_c) + V use ``lam_critic``.
+
+    ``crl`` (CompactionRL eq. 13–14): each segment is its own episode, r = R at its last action
+    token and V after it = 0;
+
+        A_{s,i} = (γλ_p)^{N_{>s}} · A^loc_{s,i},      G_{s,i} = A^loc_{s,i}(λ_c) + V_{s,i}
+
+    ``boot``: the segments of a rollout form one skip-observation chain; r = R only at the last
+    action of the last segment, and the last action of segment s bootstraps from the first
+    action of segment s+1:  V_{s,n_s+1} = V_{s+1,1},  A_{s,n_s+1} = A_{s+1,1}.
+
+    ``final_values`` ([R], default 0 = terminal) is the value after a rollout's last action token,
+    for truncated rollouts; it bootstraps the last segment of the rollout in both modes.
+
+    With γ = λ = 1 and an outcome-only reward both give A = R − V on every action token.
+    Segments without action tokens are skipped. Returns ``(advantages, returns)``.
+    """
+    if mode not in GAE_MODES:
+        raise ValueError(f"mode must be one of {GAE_MODES}, got {mode!r}")
+    rows, _ = _check_same_2d(values=values, action_mask=action_mask)
+    for name, t in (("rollout_index", rollout_index), ("segment_index", segment_index)):
+        if tuple(t.shape) != (rows,) or t.is_floating_point():
+            raise ValueError(f"{name} must be an integer [B]={rows} tensor, got {t.dtype} {tuple(t.shape)}")
+    if rewards_final.dim() != 1:
+        raise ValueError(f"rewards_final must be [R], got shape {tuple(rewards_final.shape)}")
+    if final_values is not None and tuple(final_values.shape) != tuple(rewards_final.shape):
+        raise ValueError(f"final_values must be [R] like rewards_final, got {tuple(final_values.shape)}")
+    if rows and (int(rollout_index.min()) < 0 or int(rollout_index.max()) >= rewards_final.shape[0]):
+        raise ValueError(f"rollout_index out of range for {rewards_final.shape[0]} rollouts")
+    device = values.device
+    rollout_index, segment_index = rollout_index.to(device, torch.long), segment_index.to(device, torch.long)
+    same_rollout = rollout_index[:, None] == rollout_index[None, :]
+    same_segment = same_rollout & (segment_index[:, None] == segment_index[None, :])
+    if bool((same_segment.sum(1) > 1).any()):
+        raise ValueError("two rows have the same (rollout_index, segment_index)")
+
+    mask = action_mask != 0
+    count = mask.sum(1)
+    first, last = _first_last_action(mask)
+    later = same_rollout & (segment_index[None, :] > segment_index[:, None]) & (count > 0)[None, :]
+    has_next = later.any(1)  # not the last (non-empty) segment of its rollout
+    lam_p = _per_row(lam_policy, rows, "lam_policy", device)
+    reward = rewards_final.to(device, values.dtype)[rollout_index]
+    v_final = (torch.zeros(rows, dtype=torch.float64, device=device) if final_values is None
+               else final_values.detach().to(device, torch.float64)[rollout_index] * (~has_next))
+
+    def place(at_rows: Tensor) -> Tensor:
+        """R of the row's rollout at its last action token, for the selected rows."""
+        r = torch.zeros_like(values)
+        return r.scatter(1, last[:, None], torch.where(at_rows & (count > 0), reward, 0.0)[:, None])
+
+    if mode == "crl":
+        rewards = place(torch.ones(rows, dtype=torch.bool, device=device))
+        local_adv, _ = gae(rewards, values, action_mask, gamma, lam_p, v_final)
+        _, returns = gae(rewards, values, action_mask, gamma, lam_critic, v_final)
+        tokens_after = later.to(torch.float64) @ count.to(torch.float64)
+        factor = trajectory_position_correction(gamma, lam_p, tokens_after)
+        return (local_adv.double() * factor[:, None]).to(values.dtype), returns
+
+    # boot: walk the chains from their last segment backwards, one segment depth at a time
+    next_row = torch.where(later, segment_index[None, :], torch.iinfo(torch.long).max).argmin(1)
+    depth = later.sum(1)  # number of non-empty later segments in the rollout
+    rewards = place(~has_next)
+    v_first = values.gather(1, first[:, None]).squeeze(1).double()
+    advantages, returns = torch.zeros_like(values), torch.zeros_like(values)
+    a_first = torch.zeros(rows, dtype=torch.float64, device=device)   # A(λ_p) at each row's first action token
+    c_first = torch.zeros(rows, dtype=torch.float64, device=device)   # A(λ_c) at each row's first action token
+    for d in range(int(depth.max()) + 1 if rows else 0):
+        sel = torch.nonzero((depth == d) & (count > 0)).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        nxt, chained = next_row[sel], has_next[sel].double()
+        boot_v = v_first[nxt] * chained + v_final[sel]
+        args = (rewards[sel], values[sel], action_mask[sel], gamma)
+        adv, _ = gae(*args, lam_p[sel], boot_v, a_first[nxt] * chained)
+        adv_critic, ret = gae(*args, lam_critic, boot_v, c_first[nxt] * chained)
+        advantages[sel], returns[sel] = adv, ret
+        a_first[sel] = adv.gather(1, first[sel, None]).squeeze(1).double()
+        c_first[sel] = adv_critic.gather(1, first[sel, None]).squeeze(1).double()
+    return advantages, returns
+
+
+__all__ = [
+    "BLOCK", "GAE_MODES", "discount_matrix", "discounted_reverse_cumsum", "action_slots", "compact_actions",
+    "expand_actions", "gae", "gae_reference_loop", "length_adaptive_lambda", "trajectory_position_correction",
+    "gae_over_segments",
+]
