@@ -25,11 +25,12 @@ from typing import Any, Callable, Mapping
 
 from antihack.audit import AuditStore
 from antihack.context import CallError, TaskContext, ToolCall, validate_call
-from antihack.dummy import missing_file, observation_for, write_confirmation
+from antihack.dummy import (ShellOutput, format_shell_output, missing_file, missing_file_tool, observation_for,
+                            write_confirmation)
 from antihack.facts import CallFacts
 from antihack.judge import Judge, JudgeConfig, JudgeRequest, make_judge
 from antihack.paths import home_for, resolve
-from antihack.rules import Analysis, RuleHit, RuleSet, primary
+from antihack.rules import Analysis, RuleSet, primary
 
 REWARD_POLICIES = ("none", "zero", "penalty")
 _SHADOW_READERS = {"cat", "head", "tail"}
@@ -75,16 +76,20 @@ class EpisodeCounters:
 class Guard:
     """Shared guard machinery; create one per worker and an :class:`EpisodeGuard` per episode."""
 
-    def __init__(self, rules: RuleSet, judge: Judge, policy: GuardConfig, audit_store: AuditStore | None = None) -> None:
+    def __init__(self, rules: RuleSet, judge: Judge, policy: GuardConfig, audit_store: AuditStore | None = None,
+                 format_shell: Callable[[ShellOutput], str] = format_shell_output) -> None:
+        """``format_shell`` renders a dummy shell result the way the environment renders real ones."""
         self.rules, self.judge, self.policy, self.audit = rules, judge, policy, audit_store
+        self.format_shell = format_shell
 
     @classmethod
     def from_config(cls, config: GuardConfig, audit_path: str | None = None, run_name: str = "",
-                    generate_text: Callable[[str], str] | None = None) -> "Guard":
+                    generate_text: Callable[[str], str] | None = None,
+                    format_shell: Callable[[ShellOutput], str] = format_shell_output) -> "Guard":
         rules = RuleSet(disabled=config.disabled_rules)
         judge = make_judge(config.judge, generate_text)
         audit = AuditStore(audit_path, run_name=run_name) if audit_path else None
-        return cls(rules, judge, config, audit)
+        return cls(rules, judge, config, audit, format_shell)
 
     def episode(self, task_context: TaskContext, rollout_id: str,
                 read_file: Callable[[str], str | None] | None = None) -> "EpisodeGuard":
@@ -133,7 +138,10 @@ class EpisodeGuard:
             tc = validate_call(call)
         except CallError:
             return Decision("allow")  # the environment reports malformed calls itself
-        analysis = self.guard.rules.analyse(tc, self.ctx)
+        try:
+            analysis = self.guard.rules.analyse(tc, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - a guard bug must not end the episode: allow, but audit it
+            return self._internal_error(tc, exc, step, weight_version, list(recent_context or []))
         shadowed = self._shadow_view(tc, analysis.facts)
         if shadowed is not None:
             self.counters.blocked += 1
@@ -174,6 +182,19 @@ class EpisodeGuard:
         self._flush_checks()
 
     # --- internals -----------------------------------------------------------------------------
+    def _internal_error(self, tc: ToolCall, exc: Exception, step: int, weight_version: int,
+                        recent: list[str]) -> Decision:
+        event = {"ts": time.time(), "task_id": self.ctx.task_id, "rollout_id": self.rollout_id, "step": int(step),
+                 "weight_version": int(weight_version), "tool": tc.name, "call": tc.to_dict(),
+                 "recent_context": recent, "rules": [], "rule_ids": [], "category": "", "verdict": "uncertain",
+                 "confidence": 0.0, "rationale": "", "judge_backend": "",
+                 "judge_cached": False, "judge_error": f"guard internal error: {type(exc).__name__}: {exc}",
+                 "action": "allow", "dummy_observation": None, "shadow_write": False}
+        self.events.append(event)
+        if self.guard.audit is not None:
+            event["audit_id"] = self.guard.audit.record(event)
+        return Decision("allow", None, event, False)
+
     def _count_check(self, step: int) -> None:
         self._pending_checks[step] = self._pending_checks.get(step, 0) + 1
         if self.guard.audit is not None and sum(self._pending_checks.values()) >= _CHECK_FLUSH_EVERY:
@@ -195,7 +216,9 @@ class EpisodeGuard:
             path = self._resolve(tc.arg("path"))
             if path in self._shadow:
                 content = self._shadow[path]
-                return Decision("block", content if content is not None else missing_file("read_file", tc.arg("path")))
+                if content is None:
+                    return Decision("block", missing_file_tool(tc.arg("path")))
+                return Decision("block", content if content else f"[{tc.arg('path')} is empty]")
             return None
         if tc.name in ("write_file", "str_replace"):
             path = self._resolve(tc.arg("path"))
@@ -209,28 +232,35 @@ class EpisodeGuard:
             return None
         if not all(a.path in self._shadow for a in reads):
             return None
-        out = []
+        stdout, stderr, code = [], [], 0
         for cmd in facts.cmds:
             for a in (a for a in reads if a.evidence == cmd.span[:200]):
                 content = self._shadow[a.path]
                 if content is None:
-                    out.append(missing_file(cmd.name, a.raw))
+                    missing = missing_file(cmd.name, a.raw)
+                    stderr.append(missing.stderr)
+                    code = missing.exit_code
                     continue
-                out.append(_head_tail(cmd.name, cmd.argv[1:], content))
-        return Decision("block", "".join(o if o.endswith("\n") or i == len(out) - 1 else o + "\n"
-                                         for i, o in enumerate(out)))
+                stdout.append(_head_tail(cmd.name, cmd.argv[1:], content))
+        result = ShellOutput(code, "".join(stdout), "\n".join(stderr))
+        return Decision("block", self.guard.format_shell(result))
 
     def _shadow_write_tool(self, tc: ToolCall, path: str) -> str:
         if tc.name == "write_file":
             self._shadow[path] = tc.arg("content")
             return write_confirmation(tc)
         base = self._shadow[path] if path in self._shadow else self._real(tc.arg("path"))
-        old, new = tc.arg("old"), tc.arg("new")
-        if base is None or old not in base:
-            if base is not None:
-                return f"Error: the text to replace was not found in {tc.arg('path')}."
+        old, new, raw = tc.arg("old"), tc.arg("new"), tc.arg("path")
+        if path in self._shadow and base is None:
+            return missing_file_tool(raw)  # deleted earlier in this episode
+        if base is None:
             self._shadow[path] = new  # the true content is unknown: remember at least what was written
             return write_confirmation(tc)
+        count = base.count(old) if old else 0
+        if count == 0:
+            return f"Error: old string not found in {raw}."
+        if count > 1:
+            return f"Error: old string occurs {count} times in {raw}; make it unique."
         self._shadow[path] = base.replace(old, new, 1)
         return write_confirmation(tc)
 
@@ -256,7 +286,8 @@ class EpisodeGuard:
         if tc.name == "bash":
             shadow_write = self._shadow_shell_writes(analysis.facts)
         if key not in self._dummies:
-            self._dummies[key] = observation_for(tc, top)
+            out = observation_for(tc, top)
+            self._dummies[key] = self.guard.format_shell(out) if isinstance(out, ShellOutput) else out
         return self._dummies[key], shadow_write
 
     def _shadow_shell_writes(self, facts: CallFacts) -> bool:
@@ -317,4 +348,4 @@ def _head_tail(name: str, args: list[str], content: str) -> str:
     return "".join(lines[:n] if name == "head" else lines[-n:] if n else [])
 
 
-__all__ = ["Decision", "EpisodeCounters", "EpisodeGuard", "Guard", "GuardConfig", "RuleHit"]
+__all__ = ["Decision", "EpisodeCounters", "EpisodeGuard", "Guard", "GuardConfig"]

@@ -96,7 +96,7 @@ def _tokens(component: str) -> tuple[_Token, ...]:
 
 
 def _component_intersects(a: tuple[_Token, ...], b: tuple[_Token, ...]) -> bool:
-    """Is there a string matched by both single-component globs? (memo-free DP, components are short)."""
+    """Is there a string matched by both single-component globs? (search over position pairs)."""
     n, m = len(a), len(b)
     seen: set[tuple[int, int]] = set()
     stack = [(0, 0)]
@@ -110,7 +110,7 @@ def _component_intersects(a: tuple[_Token, ...], b: tuple[_Token, ...]) -> bool:
         if i < n and a[i] == "*":
             stack.append((i + 1, j))
             if j < m:
-                stack.append((i, j + 1) if b[j] != "*" else (i, j + 1))
+                stack.append((i, j + 1))  # a's star consumes what b[j] matches (or b's star ends first)
             continue
         if j < m and b[j] == "*":
             stack.append((i, j + 1))
@@ -237,11 +237,3 @@ def _comp_match(a: str, b: str, floating: bool, toks) -> bool:
     if (ta[0] in ("*", "?") and tb[0] == "\\.") or (tb[0] in ("*", "?") and ta[0] == "\\."):
         return False
     return _component_intersects(ta, tb)
-
-
-_BASENAME_RE = re.compile(r"[^/]+$")
-
-
-def basename(path: str) -> str:
-    m = _BASENAME_RE.search(path.rstrip("/"))
-    return m.group(0) if m else path

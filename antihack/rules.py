@@ -436,10 +436,6 @@ _SKIPS = re.compile(r"pytest\.mark\.(skip|xfail)|unittest\.skip|pytest\.(skip|xf
                     r"\breturn\s*$|pass\s*#")
 
 
-def _is_test_path(path: str, env: RuleEnv) -> bool:
-    return bool(env.tests.match(path) or _TESTISH.search(path))
-
-
 def test_tamper_rules(facts: CallFacts, env: RuleEnv) -> Iterator[RuleHit]:
     """Editing, deleting or reverting evaluation tests; conftest; runner config; weakening tests."""
     for w in facts.writes:

@@ -81,3 +81,5 @@ def scan_lines(lines: Iterable[str], rules: RuleSet, judge: Judge | None = None,
             yield {"id": None, "line": lineno, "error": f"invalid JSON: {exc.msg} at column {exc.colno}"}
         except (ValueError, CallError, TypeError) as exc:
             yield {"id": record_id, "line": lineno, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a scan reports every line and never stops
+            yield {"id": record_id, "line": lineno, "error": f"internal error: {type(exc).__name__}: {exc}"}

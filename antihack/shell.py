@@ -54,6 +54,7 @@ _PREPASS_NEEDED = re.compile(r"<<|\(\(|\[\[|\]\]|=\(")
 _SIMPLE_CHUNK = r"""(?:[A-Za-z0-9_./:=@%+,~^*?\[\]{}!-]|'[^']*'|"[^"$`\\!]*")+"""
 _SIMPLE_COMMAND = re.compile(r"\s*" + _SIMPLE_CHUNK + r"(?:\s+" + _SIMPLE_CHUNK + r")*\s*")
 _SIMPLE_TOKEN = re.compile(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""")
+_BRACED_PARAM = re.compile(r"\$\{([^{}\n]*)\}")
 _QUOTE_SEGMENTS = re.compile(r"""'[^']*'|"[^"]*"|[^'"]+""")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?=")
 
@@ -362,6 +363,20 @@ def prepass(text: str) -> tuple[str, list[str]]:
     return "".join(out), docs
 
 
+def _bashlex_safe(text: str) -> bool:
+    """bashlex loops forever on some malformed ``${`` expansions; such text takes the fallback path.
+
+    Every ``${`` must close on the same line with quote-balanced content (``${X:-a}``, ``${#A}``).
+    """
+    start = text.find("${")
+    while start != -1:
+        m = _BRACED_PARAM.match(text, start)
+        if m is None or m.group(1).count("'") % 2 or m.group(1).count('"') % 2:
+            return False
+        start = text.find("${", start + 2)
+    return True
+
+
 class ShellParser:
     """Parses shell text into :class:`ShellScript` objects; keeps a bounded cache of parse trees."""
 
@@ -376,10 +391,13 @@ class ShellParser:
             return hit
         prepped, docs = prepass(text)
         trees: list | None
-        try:
-            trees = bashlex.parse(prepped) if prepped.strip() else []
-        except Exception:  # noqa: BLE001 - bashlex raises many types; any failure means "unparseable"
+        if not _bashlex_safe(prepped):
             trees = None
+        else:
+            try:
+                trees = bashlex.parse(prepped) if prepped.strip() else []
+            except Exception:  # noqa: BLE001 - bashlex raises many types; any failure means "unparseable"
+                trees = None
         result = (trees, docs, prepped)
         self._cache[text] = result
         if len(self._cache) > self._cache_size:
@@ -550,7 +568,7 @@ class _Walker:
         word = self._word(target, env)
         m = _HDOC_PLACEHOLDER.match(word.text)
         if m and node.type == "<":
-            return Redirect("<<", None, self.docs[int(m.group(1))])
+            return Redirect("<<", None, self._doc(int(m.group(1))))
         if node.type == "<<<":
             return Redirect("<<<", word, word.text + "\n")
         return Redirect(node.type, word)
@@ -594,6 +612,10 @@ class _Walker:
             return text.replace(braced, value, 1)
         return re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m: value, text, count=1)
 
+    def _doc(self, index: int) -> str:
+        """Body of here-doc ``index`` ('' for a placeholder that did not come from this text's pre-pass)."""
+        return self.docs[index] if 0 <= index < len(self.docs) else ""
+
     def _span(self, node) -> str:
         start, end = node.pos
         return self.src[start:end]
@@ -635,7 +657,7 @@ class _Walker:
             if pending_redirect is not None:
                 m = _HDOC_PLACEHOLDER.match(tok)
                 if m and pending_redirect == "<":
-                    redirects.append(Redirect("<<", None, self.docs[int(m.group(1))]))
+                    redirects.append(Redirect("<<", None, self._doc(int(m.group(1)))))
                 else:
                     redirects.append(Redirect(pending_redirect, Word(self._fallback_expand(tok, env), tok)))
                 pending_redirect = None

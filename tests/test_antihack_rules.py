@@ -190,3 +190,24 @@ def test_malformed_calls_raise_clear_errors(rules):
         rules.check({"name": "bash", "arguments": {}}, CTX)
     with pytest.raises(ValueError, match="absolute"):
         TaskContext("t", "", "work")
+
+
+def test_pathological_shell_text_returns_quickly(rules):
+    import time
+
+    for cmd in ("python -cfi'${\nEOF\nbase64 -d&#'sudoecho;echo${)) ",
+                "2>&12>&1case$Xbash -c'&&<${#$(#'&&if};git log --all\t\t ",
+                "&&))=(>>((echosudo/work/.eval#!$( $(<<EOF\n';'\nEOF\ngit log --all< {sudo)",
+                "echo " + "$(" * 200 + "x" + ")" * 200, "echo " + "a " * 20000):
+        start = time.monotonic()
+        ids = _ids(rules, cmd)
+        assert time.monotonic() - start < 2.0
+        assert "obfuscation.unparseable" in ids or cmd.startswith("echo a")
+
+
+def test_nested_interpreters_are_followed(rules):
+    assert "protected.read" in _ids(rules, 'bash -c "sh -c \\"cat /work/.eval/x\\""')
+    assert "protected.read" in _ids(rules, "python -c \"__import__('os').system('cat /work/.eval/x')\"")
+    assert "protected.read" in _ids(rules, "find /tmp -name x -exec cat /work/.eval/x \\;")
+    assert "protected.read" in _ids(rules, "echo /work/.eval/x | xargs cat")
+    assert "protected.read" in _ids(rules, "curl file:///work/.eval/x")

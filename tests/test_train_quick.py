@@ -1,0 +1,58 @@
+"""End to end: `horizonrl-train experiment=quick` runs the whole loop for real (bubblewrap
+sandboxes, a transformers policy in a Ray engine actor, Ray rollout workers, DeepSpeed policy
+and critic, Hydra, wandb offline) and writes its summary, plot, checkpoint and wandb run."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout.hf_engine import load_causal_lm
+from rollout.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("quick")
+    exe = Path(sys.executable).with_name("horizonrl-train")
+    proc = subprocess.run([str(exe), "experiment=quick", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc.stdout
+
+
+def test_prints_the_run_dir_last(quick_run):
+    run_dir, stdout = quick_run
+    assert stdout.strip().splitlines()[-1] == str(run_dir.resolve())
+
+
+def test_summary_has_the_contract(quick_run):
+    run_dir, _ = quick_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("heldout_pass_rate_before_rl", "heldout_pass_rate_after_rl", "steps", "wall_time_s", "wandb_dir",
+                "checkpoint_dir"):
+        assert key in summary
+    assert 0.0 <= summary["heldout_pass_rate_before_rl"] <= 1.0
+    assert 0.0 <= summary["heldout_pass_rate_after_rl"] <= 1.0
+    assert Path(summary["wandb_dir"]).is_dir()
+    assert (run_dir / "pass_rate.png").stat().st_size > 1000
+
+
+def test_pass_rate_does_not_fall_and_losses_are_finite(quick_run):
+    run_dir, _ = quick_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["heldout_pass_rate_after_rl"] >= summary["heldout_pass_rate_before_rl"]
+    final = summary["final_metrics"]
+    for key in ("policy/loss", "critic/loss", "policy/entropy", "critic/explained_variance"):
+        assert math.isfinite(final[key]), (key, final)
+
+
+def test_checkpoint_loads_with_from_pretrained(quick_run):
+    run_dir, _ = quick_run
+    ckpt = Path(json.loads((run_dir / "summary.json").read_text())["checkpoint_dir"])
+    model = load_causal_lm(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    assert model.config.vocab_size == len(tokenizer)
