@@ -8,9 +8,9 @@ failing check; the hidden ``test_hidden.py`` checks that case and several others
 It is generated from *concepts* (a correct program template, the fragment that is broken and
 how, and the calls to test), 6 per family, 7 families. Each concept has pools of function
 names, parameter names and (global) module names; the **last** function-name and
-parameter-name variant of every concept, and a separate module pool, are reserved for the
+parameter-name variant of every concept, and a quarter of the module names (new combinations of the same words), are reserved for the
 held-out split, so a held-out task never shares its function names or file name with a
-training task. Per concept: 6 training and 2 held-out tasks (336 in all, 75 % / 25 %).
+training task. Per concept: 12 training and 2 held-out tasks (588 in all, 504 / 84).
 The split is fixed; `seed` only changes which variants, bugs and shown checks are drawn.
 Difficulty: 1 = a three-line function, 2 = a function with a loop or several statements,
 3 = two functions (the bug may sit in the helper the named function calls).
@@ -35,9 +35,20 @@ from envs.tasks import SPLITS, Task, TaskError
 
 GRADE_COMMAND: tuple[str, ...] = ("python3", "-I", "test_hidden.py")
 HIDDEN_TEST_FILE = "test_hidden.py"
-TRAIN_MODULES: tuple[str, ...] = ("calc", "mathutils", "helpers", "utils", "core", "ops", "tools", "funcs")
-HELDOUT_MODULES: tuple[str, ...] = ("numeric", "compute", "arith", "measure")
-TRAIN_PER_CONCEPT = 6
+MODULE_HEADS: tuple[str, ...] = ("calc", "math", "geo", "num", "shape", "stat", "text", "list", "time", "money",
+                                 "grid", "data", "unit", "score")
+MODULE_TAILS: tuple[str, ...] = ("utils", "ops", "tools", "funcs", "helpers", "core", "lib", "kit")
+
+
+def _module_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Module names `<head>_<tail>`: every fourth combination is reserved for the held-out split,
+    so held-out file names are new combinations of known words (the policy must copy, not recall)."""
+    combos = [(f"{h}_{t}", (i + j) % 4 == 3) for i, h in enumerate(MODULE_HEADS) for j, t in enumerate(MODULE_TAILS)]
+    return tuple(c for c, held in combos if not held), tuple(c for c, held in combos if held)
+
+
+TRAIN_MODULES, HELDOUT_MODULES = _module_pools()
+TRAIN_PER_CONCEPT = 12
 HELDOUT_PER_CONCEPT = 2
 MAX_FILE_CHARS = 300
 
@@ -555,7 +566,7 @@ def _variants(concept: _Concept, split: str, rng: random.Random) -> list[_Varian
 
 
 def builtin_suite(seed: int = 0) -> list[Task]:
-    """The built-in bug-fix suite (336 tasks, 7 families, fixed train/held-out split); deterministic."""
+    """The built-in bug-fix suite (588 tasks, 7 families, fixed train/held-out split); deterministic."""
     tasks = []
     for family, concepts in FAMILIES.items():
         number = 0

@@ -566,7 +566,7 @@ class SGLangDouble(_ThreadedApp):
         if name not in self.groups:
             return web.json_response({"success": False, "message": "The group to be destroyed does not exist."},
                                      status=400)
-        torch.distributed.destroy_process_group(self.groups.pop(name))
+        await asyncio.to_thread(torch.distributed.destroy_process_group, self.groups.pop(name))
         return web.json_response({"success": True, "message": "Succeeded to destroy custom process group."})
 
     async def begin_weight_update(self, request: web.Request) -> web.Response:

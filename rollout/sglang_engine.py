@@ -31,7 +31,9 @@ Weight push (:meth:`SGLangEngine.update_weights`), on every server:
 ``/pause_generation {mode}`` -> ``/flush_cache`` (retried while it answers non-200, i.e. busy,
 until ``flush_timeout_s``) -> [``/begin_weight_update``] -> one call per bucket (see
 :mod:`rollout.weight_sync`; the last bucket carries ``flush_cache=true`` and ``weight_version``)
--> [``/end_weight_update``] -> ``/continue_generation``. With ``pause_mode="retract"`` (default)
+-> [``/end_weight_update``] -> ``/continue_generation``. In ``distributed`` mode the first push
+(and the first after a restart or a failed push) first builds the group with
+``/init_weights_update_group`` (named ``<group_name>_<n>``, this process rank 0). With ``pause_mode="retract"`` (default)
 requests in flight are retracted and resume under the new weights after the push (partial
 rollout: their tokens carry the version that sampled each); with ``"abort"`` they return at once
 with ``finish_reason="abort"`` and the tokens so far. If a push fails the servers stay paused
@@ -576,6 +578,8 @@ class SGLangEngine:
         """Push `state` to every server under `version` (pause -> flush -> buckets -> continue)."""
         if not self.servers:
             raise SGLangError("the sglang engine is not started (await engine.start())")
+        if not state:
+            raise ValueError(f"weight push of version {version}: the state dict is empty")
         async with self._push_lock:
             try:
                 if self.cfg.weight_sync == "distributed":

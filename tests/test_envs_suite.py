@@ -40,7 +40,7 @@ def test_size_families_difficulties_and_split():
     assert len(families) >= 6
     assert len({task.task_id for task in SUITE}) == len(SUITE)
     assert {task.difficulty for task in SUITE} == {1, 2, 3}
-    assert 0.2 <= len(HELDOUT) / len(SUITE) <= 0.3
+    assert 0.1 <= len(HELDOUT) / len(SUITE) <= 0.3
     assert len(TRAIN) + len(HELDOUT) == len(SUITE)
     for family in families:
         splits = {task.split for task in SUITE if task.family == family}

@@ -51,7 +51,7 @@ def importable_double(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))   # the launched process runs `-m rollout.sglang_double`
 
 
-def run(coro, timeout=50):
+def run(coro, timeout=150):   # normally ~10 s; generous for a loaded 2-core machine
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
