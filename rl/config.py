@@ -12,6 +12,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from antihack.guard import GuardConfig
 from rollout.agent import AgentConfig
 from rollout.worker import EnvConfig
 
@@ -133,6 +134,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    antihack: GuardConfig = field(default_factory=GuardConfig)
 
 
 CHOICES = {

@@ -30,7 +30,8 @@ def sampling_params(cfg: TrainConfig, tokenizer) -> SamplingParams:
 class RolloutCluster:
     """One `hf` engine actor and `rollout.num_workers` rollout workers."""
 
-    def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig) -> None:
+    def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig, audit_path: str | None = None,
+                 run_name: str = "") -> None:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True,
                      num_cpus=max(2, cfg.rollout.num_workers + 1))
@@ -39,7 +40,8 @@ class RolloutCluster:
             cfg.engine.batch_wait_s)
         self.workers = [
             ray.remote(RolloutWorker).options(num_cpus=0, max_concurrency=10_000).remote(
-                self.engine, policy_path, cfg.agent, cfg.env, cfg.rollout.max_concurrent_per_worker)
+                self.engine, policy_path, cfg.agent, cfg.env, cfg.rollout.max_concurrent_per_worker, cfg.antihack,
+                audit_path, run_name)
             for _ in range(cfg.rollout.num_workers)
         ]
         ray.get([w.ping.remote() for w in self.workers])
@@ -127,4 +129,6 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict:
         "rollout/segments_per_rollout": sum(len(t.segments) for t in trajectories) / n,
         "rollout/submitted": statuses.count("submitted") / n,
         "rollout/env_errors": statuses.count("env_error") / n,
+        "antihack/flagged": sum(len(t.hack_events) for t in trajectories) / n,
+        "antihack/blocked": sum(e.get("action") == "block" for t in trajectories for e in t.hack_events) / n,
     }

@@ -51,7 +51,7 @@ def main(raw: DictConfig) -> None:
                                      cfg.seed, on_step=lambda s, m: log.log_warm_start(s, cfg.sft.steps, m))
 
     # 2. Engines and rollout workers (Ray), the held-out pass rate before RL.
-    cluster = RolloutCluster(str(policy_path), tokenizer, cfg)
+    cluster = RolloutCluster(str(policy_path), tokenizer, cfg, str(run_dir / "audit.sqlite"), run_dir.name)
     eval_tasks = heldout[: cfg.eval.max_tasks or None]
     before = evaluate(cluster, eval_tasks, cfg.eval.samples_per_task, "before")
     log.phase(f"held-out pass rate before RL: {before.pass_rate:.3f} ({before.episodes} episodes)")

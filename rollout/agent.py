@@ -29,15 +29,25 @@ class AgentConfig:
 
 
 class ToolGuard(Protocol):
-    """What the agent loop needs from the anti-hack guard (see `antihack.guard`)."""
+    """What the agent loop needs from an episode's anti-hack guard (`antihack.guard.EpisodeGuard`)."""
 
     def check(self, call: dict, step: int, weight_version: int, recent_context: list[str]): ...
+
+    def reward_adjustment(self, reward: float) -> float: ...
+
+    def close(self) -> None: ...
+
+
+GuardFactory = Callable[[Task, str, CodingEnv], ToolGuard]
 
 
 async def run_episode(engine: Engine, tokenizer, make_env: Callable[[Task], CodingEnv], task: Task,
                       rollout_id: str, sampling: SamplingParams, cfg: AgentConfig,
-                      guard: ToolGuard | None = None) -> Trajectory:
-    """Run one episode of `task` and return its trajectory with the pristine grade as reward."""
+                      make_guard: GuardFactory | None = None) -> Trajectory:
+    """Run one episode of `task` and return its trajectory with the pristine grade as reward.
+
+    With a guard, every tool call is checked first; a blocked call is not executed and the agent
+    sees the guard's dummy output instead (the call's tokens stay in the trajectory)."""
     seg = Segment(rollout_id=rollout_id, index=0)
     seg.append(encode_text(tokenizer, prompt_text(task.instruction)), sampled=False)
     traj = Trajectory(rollout_id=rollout_id, task_id=task.task_id, segments=[seg])
@@ -48,6 +58,7 @@ async def run_episode(engine: Engine, tokenizer, make_env: Callable[[Task], Codi
         traj.status = Status.ENV_ERROR
         traj.transcript.append({"error": f"environment setup failed: {exc}"})
         return traj
+    guard = make_guard(task, rollout_id, env) if make_guard is not None else None
     try:
         traj.status = Status.TURN_LIMIT
         for turn in range(cfg.max_turns):
@@ -77,10 +88,14 @@ async def run_episode(engine: Engine, tokenizer, make_env: Callable[[Task], Codi
             seg.append(encode_text(tokenizer, observation_text(observation)), sampled=False)
         grade = await asyncio.to_thread(env.grade)
         traj.passed, traj.reward = grade.passed, grade.reward
+        if guard is not None:
+            traj.reward = guard.reward_adjustment(traj.reward)
     except Exception as exc:  # noqa: BLE001 - sandbox crash: excluded from training, kept for audit
         traj.status = Status.ENV_ERROR
         traj.transcript.append({"error": f"environment failed: {type(exc).__name__}: {exc}"})
     finally:
+        if guard is not None:
+            guard.close()
         await asyncio.to_thread(env.close)
     return traj
 
@@ -90,8 +105,9 @@ async def _execute(env: CodingEnv, call, guard: ToolGuard | None, traj: Trajecto
     """Pass the call through the guard; run it in the sandbox unless the guard blocks it."""
     if guard is not None:
         recent = [t["action"] for t in traj.transcript[-2:]]
-        decision = guard.check({"name": call.name, "arguments": call.arguments}, step=turn,
-                               weight_version=min(versions) if versions else -1, recent_context=recent)
+        version = min(versions) if versions else -1
+        decision = guard.check({"name": call.name, "arguments": call.arguments}, step=version,
+                               weight_version=version, recent_context=recent)
         if decision.event is not None:
             traj.hack_events.append(decision.event)
         if decision.action == "block":

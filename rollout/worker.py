@@ -7,7 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from antihack.context import TaskContext
+from antihack.guard import EpisodeGuard, Guard, GuardConfig
 from envs.env import CodingEnv
+from envs.sandbox import SandboxPathError
 from envs.sandbox import SandboxLimits
 from envs.tasks import Task
 from rollout.agent import AgentConfig, run_episode
@@ -46,11 +49,36 @@ def make_env(task: Task, cfg: EnvConfig) -> CodingEnv:
     return CodingEnv(task, backend=cfg.backend, limits=limits, max_observation_chars=cfg.max_observation_chars)
 
 
+SANDBOX_WORKDIR = "/work"
+
+
+def task_context(task: Task) -> TaskContext:
+    """What the guard knows of a task: its hidden tests are the protected evaluation artifacts."""
+    hidden = tuple(task.hidden_tests)
+    return TaskContext(task_id=task.task_id, instruction=task.instruction, workdir=SANDBOX_WORKDIR,
+                       protected_paths=hidden, test_paths=hidden)
+
+
+def episode_guard(guard: Guard, task: Task, rollout_id: str, env: CodingEnv) -> EpisodeGuard:
+    def read_file(path: str) -> str | None:
+        try:
+            return env.sandbox.read_file(path)
+        except (SandboxPathError, OSError):
+            return None
+    return guard.episode(task_context(task), rollout_id, read_file=read_file)
+
+
 class RolloutWorker:
-    """A Ray actor that runs episodes; `max_concurrent` of them are in flight at once."""
+    """A Ray actor that runs episodes; `max_concurrent` of them are in flight at once.
+
+    With the anti-hack guard enabled, every tool call passes the guard, and every flag is written
+    to the run's audit store (`audit_path`, SQLite, shared by all workers)."""
 
     def __init__(self, engine_handle, tokenizer_path: str, agent: AgentConfig, env: EnvConfig,
-                 max_concurrent: int) -> None:
+                 max_concurrent: int, guard: GuardConfig | None = None, audit_path: str | None = None,
+                 run_name: str = "") -> None:
+        self.guard = (Guard.from_config(guard, audit_path=audit_path, run_name=run_name)
+                      if guard is not None and guard.enabled else None)
         self.engine = RayEngineClient(engine_handle)
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.agent = agent
@@ -64,8 +92,9 @@ class RolloutWorker:
 
     async def run_episode(self, task: Task, rollout_id: str, sampling: SamplingParams) -> Trajectory:
         async with self.slots:
+            make_guard = partial(episode_guard, self.guard) if self.guard is not None else None
             return await run_episode(self.engine, self.tokenizer, partial(make_env, cfg=self.env), task,
-                                     rollout_id, sampling, self.agent)
+                                     rollout_id, sampling, self.agent, make_guard)
 
     async def run_episodes(self, jobs: list[tuple[Task, str]], sampling: SamplingParams) -> list[Trajectory]:
         self._use_executor()
