@@ -7,10 +7,11 @@ failing check; the hidden ``test_hidden.py`` checks that case and several others
 
 It is generated from *concepts* (a correct program template, the fragment that is broken and
 how, and the calls to test), 6 per family, 7 families. Each concept has pools of function
-names, parameter names and (global) module names; the **last** function-name and
-parameter-name variant of every concept, and a quarter of the module names (new combinations of the same words), are reserved for the
-held-out split, so a held-out task never shares its function names or file name with a
-training task. Per concept: 12 training and 2 held-out tasks (588 in all, 504 / 84).
+names and parameter names, and all tasks draw file names from one module pool. One
+(function name, parameter names) pair of every concept is reserved for the held-out split, so
+a held-out task's code is a combination that no training task has (every single name in it
+also appears in training, in other combinations). Per concept: 12 training and 2 held-out
+tasks (588 in all, 504 / 84).
 The split is fixed; `seed` only changes which variants, bugs and shown checks are drawn.
 Difficulty: 1 = a three-line function, 2 = a function with a loop or several statements,
 3 = two functions (the bug may sit in the helper the named function calls).
@@ -35,19 +36,8 @@ from envs.tasks import SPLITS, Task, TaskError
 
 GRADE_COMMAND: tuple[str, ...] = ("python3", "-I", "test_hidden.py")
 HIDDEN_TEST_FILE = "test_hidden.py"
-MODULE_HEADS: tuple[str, ...] = ("calc", "math", "geo", "num", "shape", "stat", "text", "list", "time", "money",
-                                 "grid", "data", "unit", "score")
-MODULE_TAILS: tuple[str, ...] = ("utils", "ops", "tools", "funcs", "helpers", "core", "lib", "kit")
-
-
-def _module_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Module names `<head>_<tail>`: every fourth combination is reserved for the held-out split,
-    so held-out file names are new combinations of known words (the policy must copy, not recall)."""
-    combos = [(f"{h}_{t}", (i + j) % 4 == 3) for i, h in enumerate(MODULE_HEADS) for j, t in enumerate(MODULE_TAILS)]
-    return tuple(c for c, held in combos if not held), tuple(c for c, held in combos if held)
-
-
-TRAIN_MODULES, HELDOUT_MODULES = _module_pools()
+MODULES: tuple[str, ...] = ("calc", "mathutils", "helpers", "utils", "core", "ops", "tools", "funcs", "numeric",
+                            "compute", "arith", "measure")
 TRAIN_PER_CONCEPT = 12
 HELDOUT_PER_CONCEPT = 2
 MAX_FILE_CHARS = 300
@@ -530,7 +520,7 @@ def _make_task(family: str, concept: _Concept, variant: _Variant, split: str, ta
     lines[hits[0]] = buggy_line
     bad = "\n".join(lines) + "\n"
     if bad.count(buggy_line) != 1 or len(bad) >= MAX_FILE_CHARS:
-        raise AssertionError(f"{task_id}: the buggy line must be unique and the file under {MAX_FILE_CHARS} chars")
+        raise _TooLong(f"{task_id}: the buggy line must be unique and the file under {MAX_FILE_CHARS} chars")
     cases, failing = [], []
     for args in concept.cases:
         want, got = _outcome(good, variant.function, args), _outcome(bad, variant.function, args)
@@ -552,17 +542,27 @@ def _make_task(family: str, concept: _Concept, variant: _Variant, split: str, ta
                 grade_command=GRADE_COMMAND, solution=line_fix_solution(path, buggy_line, fixed_line))
 
 
-def _variants(concept: _Concept, split: str, rng: random.Random) -> list[_Variant]:
-    """The name/parameter/module combinations of one split, shuffled by `rng`."""
-    names = concept.names[:-1] if split == "train" else concept.names[-1:]
-    params = concept.params[:-1] if split == "train" else concept.params[-1:]
-    modules = TRAIN_MODULES if split == "train" else HELDOUT_MODULES
-    combos = []
-    for name in names:
-        function, _, helper = name.partition("/")
-        combos += [_Variant(function, helper, tuple(p.split()), m) for p in params for m in modules]
-    rng.shuffle(combos)
-    return combos
+class _TooLong(AssertionError):
+    """A name combination that breaks the task shape (file too long or buggy line not unique)."""
+
+
+def _variants(concept: _Concept, rng: random.Random) -> dict[str, list[_Variant]]:
+    """The name/parameter/module combinations of each split, shuffled by `rng`.
+
+    One (function name, parameter names) pair of every concept is reserved for the held-out
+    split: a held-out task's code is a combination no training task has, while every name in it
+    also occurs, in other combinations, in training (the policy must read the file, not recall it)."""
+    pairs = [(name, params) for name in concept.names for params in concept.params]
+    rng.shuffle(pairs)
+    out: dict[str, list[_Variant]] = {}
+    for split, chosen in (("heldout", pairs[:1]), ("train", pairs[1:])):
+        combos = []
+        for name, params in chosen:
+            function, _, helper = name.partition("/")
+            combos += [_Variant(function, helper, tuple(params.split()), m) for m in MODULES]
+        rng.shuffle(combos)
+        out[split] = combos
+    return out
 
 
 def builtin_suite(seed: int = 0) -> list[Task]:
@@ -572,10 +572,20 @@ def builtin_suite(seed: int = 0) -> list[Task]:
         number = 0
         for index, concept in enumerate(concepts):
             rng = random.Random(f"horizonrl-suite-{seed}-{family}-{index}")
+            variants = _variants(concept, rng)
             for split, count in (("train", TRAIN_PER_CONCEPT), ("heldout", HELDOUT_PER_CONCEPT)):
-                for variant in _variants(concept, split, rng)[:count]:
-                    tasks.append(_make_task(family, concept, variant, split, f"{family}-{number:04d}", rng))
-                    number += 1
+                made = 0
+                for variant in variants[split]:
+                    if made == count:
+                        break
+                    try:
+                        task = _make_task(family, concept, variant, split, f"{family}-{number:04d}", rng)
+                    except _TooLong:
+                        continue  # this name combination makes the file too long: draw the next one
+                    tasks.append(task)
+                    made, number = made + 1, number + 1
+                if made < count:
+                    raise AssertionError(f"{family} concept {index}: only {made} valid {split} variants")
     return tasks
 
 

@@ -99,7 +99,7 @@ class AlgoConfig:
 class DeepSpeedConfig:
     zero_stage: int = 0
     bf16: bool = False
-    master_port: int = 29531
+    master_port: int = 0               # 0 = a free port
 
 
 @dataclass

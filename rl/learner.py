@@ -11,6 +11,7 @@ whitening -> K clipped value-loss steps -> one DIS policy step, all token-mean o
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,17 @@ def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1) -
     the process environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*); we fill it from config."""
     if dist.is_initialized():
         return
+    port = cfg.master_port or free_port()
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(cfg.master_port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                auto_mpi_discovery=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,

@@ -36,6 +36,8 @@ class RunLogger:
         self.started = time.time()
         self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir), mode=cfg.wandb_mode,
                               config=config, reinit="finish_previous")
+        self.run.define_metric("sft/*", step_metric="sft/step")
+        self.run.define_metric("*", step_metric="train/step")
         self.live: Live | None = None
         if cfg.console and self.console.is_terminal:
             self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
@@ -61,7 +63,7 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         self.history.append({"step": step, **metrics})
-        self.run.log(metrics, step=step)
+        self.run.log({**metrics, "train/step": step + 1})
         if self.live is not None:
             self.live.update(self._table())
         elif self.cfg.console:
