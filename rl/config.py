@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from antihack.guard import GuardConfig
 from rollout.agent import AgentConfig
+from rollout.sglang_engine import SGLangConfig
 from rollout.worker import EnvConfig
 
 
@@ -34,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    type: str = "hf"                   # hf (in-process transformers in a Ray actor); sglang in production
+    type: str = "hf"                   # hf (transformers in a Ray actor) | sglang (servers, see `sglang`)
     num_threads: int = 2
     max_batch: int = 64
     batch_wait_s: float = 0.005
@@ -135,11 +136,12 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     antihack: GuardConfig = field(default_factory=GuardConfig)
+    sglang: SGLangConfig = field(default_factory=SGLangConfig)
 
 
 CHOICES = {
     "model.arch": ("qwen2", "llama"),
-    "engine.type": ("hf",),
+    "engine.type": ("hf", "sglang"),
     "env.backend": ("local",),
     "algo.gae_mode": ("crl", "boot"),
     "orchestrator": ("sync",),

@@ -7,6 +7,7 @@ episodes at once. `ray.init(address=...)` joins an existing cluster with the sam
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from rl.config import TrainConfig
 from rollout.chat import stop_token_ids
 from rollout.engine import SamplingParams
 from rollout.hf_engine import HFEngineActor
+from rollout.sglang_engine import SGLangEngine
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutWorker
 
@@ -27,6 +29,18 @@ def sampling_params(cfg: TrainConfig, tokenizer) -> SamplingParams:
                           max_new_tokens=s.max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
 
 
+def start_engine(policy_path: str, tokenizer, cfg: TrainConfig):
+    """The policy engine as a Ray actor: `hf` (in-process transformers) or `sglang` (servers)."""
+    if cfg.engine.type == "sglang":
+        sg = dataclasses.replace(cfg.sglang, model_path=cfg.sglang.model_path or policy_path)
+        engine = ray.remote(SGLangEngine).options(num_cpus=0, max_concurrency=10_000).remote(sg)
+        ray.get(engine.start.remote())
+        return engine
+    return ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
+        policy_path, tokenizer.pad_token_id, cfg.seed, cfg.engine.num_threads, cfg.engine.max_batch,
+        cfg.engine.batch_wait_s)
+
+
 class RolloutCluster:
     """One `hf` engine actor and `rollout.num_workers` rollout workers."""
 
@@ -35,9 +49,7 @@ class RolloutCluster:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True,
                      num_cpus=max(2, cfg.rollout.num_workers + 1))
-        self.engine = ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
-            policy_path, tokenizer.pad_token_id, cfg.seed, cfg.engine.num_threads, cfg.engine.max_batch,
-            cfg.engine.batch_wait_s)
+        self.engine = start_engine(policy_path, tokenizer, cfg)
         self.workers = [
             ray.remote(RolloutWorker).options(num_cpus=0, max_concurrency=10_000).remote(
                 self.engine, policy_path, cfg.agent, cfg.env, cfg.rollout.max_concurrent_per_worker, cfg.antihack,
@@ -60,9 +72,6 @@ class RolloutCluster:
     def push_weights(self, state: dict, version: int) -> None:
         ray.get(self.engine.update_weights.remote(ray.put(state), version))
         self.version = version
-
-    def engine_stats(self) -> dict:
-        return ray.get(self.engine.stats.remote())
 
     def shutdown(self) -> None:
         for actor in [*self.workers, self.engine]:
