@@ -12,6 +12,13 @@
   how tests run (``conftest.py``, ``sitecustomize.py``, ``*.pth``, runner configs, test files,
   caches, new top-level modules named like standard-library modules) and restores those the task
   itself ships, then writes the pristine hidden tests and runs ``task.grade_command`` there.
+  The agent's ``.git`` is never copied: a task that needs version control (SWE-bench style)
+  sets it up itself.
+* A task's ``setup_command`` runs in the agent's sandbox when the environment is created,
+  before the first step; if it fails, the constructor raises :class:`~envs.sandbox.SandboxError`
+  naming the task (and leaves nothing behind).
+* Sandboxes come from `factory` when one is given (a :class:`~envs.pool.SandboxPool`'s
+  ``acquire``, a configured docker backend, ...), else from ``make_sandbox(backend, ...)``.
 """
 
 from __future__ import annotations
@@ -21,14 +28,17 @@ import shlex
 import stat
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
-from envs.sandbox import ExecResult, Sandbox, SandboxLimits, SandboxPathError, make_sandbox
+from envs.sandbox import (ExecResult, Sandbox, SandboxError, SandboxFactory, SandboxLimits, SandboxPathError,
+                          make_sandbox)
 from envs.tasks import Task
 from envs.tools import ToolCall, check_arguments
 
 MAX_GRADE_OUTPUT_CHARS = 8000
+MAX_SETUP_OUTPUT_CHARS = 2000
 MAX_GRADED_BYTES = 64 * 2**20                 # a bigger work dir fails its grade
 RUNNER_FILES = frozenset({"conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini",
                           "setup.cfg", "pyproject.toml", "noxfile.py", ".coveragerc"})
@@ -145,7 +155,7 @@ def grading_files(task: Task, work: Mapping[str, str]) -> dict[str, str]:
         return any(path == h or path.startswith(h + "/") or h.startswith(path + "/") for h in task.hidden_tests)
 
     files = {path: text for path, text in work.items()
-             if not is_runner_file(path) and not collides_with_hidden(path)
+             if not is_runner_file(path) and not collides_with_hidden(path) and PurePosixPath(path).parts[0] != ".git"
              and (path in task.files or not shadows_stdlib(path))}
     files.update({path: text for path, text in task.files.items() if is_runner_file(path)})
     files.update(task.hidden_tests)
@@ -158,7 +168,9 @@ class CodingEnv:
     """One episode of one task. Not thread-safe; use one per episode, as a context manager."""
 
     def __init__(self, task: Task, backend: str = "local", limits: SandboxLimits = SandboxLimits(),
-                 max_observation_chars: int = 2000) -> None:
+                 max_observation_chars: int = 2000, *, factory: SandboxFactory | None = None) -> None:
+        """`factory` (optional) makes the agent's and the grader's sandboxes instead of
+        ``make_sandbox(backend, ...)``; `backend` is then only a label."""
         if max_observation_chars < 100:
             raise ValueError(f"max_observation_chars must be at least 100, got {max_observation_chars}")
         self.task = task
@@ -166,8 +178,21 @@ class CodingEnv:
         self.limits = limits
         self.max_observation_chars = max_observation_chars
         self.done = False
-        self.sandbox: Sandbox = make_sandbox(backend, task.files, limits)
+        self._factory: SandboxFactory = factory if factory is not None else partial(make_sandbox, backend)
+        self.sandbox: Sandbox = self._factory(task.files, limits)
         self._closed = False
+        if task.setup_command:
+            try:
+                self._run_setup()
+            except BaseException:
+                self.close()
+                raise
+
+    def _run_setup(self) -> None:
+        result = self.sandbox.exec(shlex.join(self.task.setup_command), timeout=self.limits.timeout_s)
+        if result.exit_code != 0 or result.timed_out:
+            output = truncate_middle(make_printable(format_exec(result)), MAX_SETUP_OUTPUT_CHARS)
+            raise SandboxError(f"the setup command of task {self.task.task_id} failed: {output}")
 
     @property
     def workdir(self) -> Path:
@@ -205,7 +230,7 @@ class CodingEnv:
             work = snapshot_files(self.sandbox.workdir)
         except ValueError as exc:
             return Grade(passed=False, reward=0.0, output=str(exc))
-        grader = make_sandbox(self.backend, grading_files(self.task, work), self.limits)
+        grader = self._factory(grading_files(self.task, work), self.limits)
         try:
             result = grader.exec(shlex.join(self.task.grade_command), timeout=self.limits.timeout_s)
         finally:

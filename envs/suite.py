@@ -599,7 +599,8 @@ def split_suite(tasks: Sequence[Task], split: str) -> list[Task]:
 # ---- loading --------------------------------------------------------------------------------
 
 class SuiteSpec(Protocol):
-    """What names a suite (``rl.config.SuiteConfig`` fits): "builtin" or a path to a .jsonl file."""
+    """What names a suite (``rl.config.SuiteConfig`` fits): "builtin", a path to a .jsonl file or
+    to a directory of task dirs (see :mod:`envs.loaders`)."""
 
     name: str
     seed: int
@@ -631,10 +632,13 @@ def load_suite(spec: SuiteSpec, split: str) -> list[Task]:
     """The tasks of `split` from the suite `spec` names, restricted to `spec.families` if given."""
     if spec.name == "builtin":
         tasks = builtin_suite(spec.seed)
-    elif spec.name.endswith(".jsonl"):
-        tasks = load_tasks_jsonl(Path(spec.name))
+    elif spec.name.endswith(".jsonl") or Path(spec.name).is_dir():
+        from envs.loaders import load_tasks   # native or SWE-bench JSONL, Terminal-Bench task dirs
+
+        tasks = list(load_tasks(Path(spec.name)).tasks)
     else:
-        raise ValueError(f"unknown suite {spec.name!r}: use 'builtin' or a path to a .jsonl task file")
+        raise ValueError(f"unknown suite {spec.name!r}: use 'builtin', a path to a .jsonl task file (native or "
+                         "SWE-bench style) or a directory of Terminal-Bench style tasks")
     if spec.families:
         known = {task.family for task in tasks}
         unknown = sorted(set(spec.families) - known)

@@ -7,6 +7,9 @@ Invariants:
   into the pristine grading directory (see :meth:`envs.env.CodingEnv.grade`).
 * ``grade_command`` runs with the grading directory as its working directory; exit code 0
   means the task is solved.
+* ``setup_command`` (optional) runs in the agent's sandbox, in its work dir, before the agent's
+  first step (e.g. ``git init`` of a SWE-bench snapshot, a Terminal-Bench ``setup.sh``); a
+  failure is an infrastructure error, not the agent's.
 * All file paths are relative POSIX paths without ``..``.
 * ``solution`` (optional) is a reference demonstration, a tuple of tool calls that solves the
   task; it is host-side metadata and never shown to the agent.
@@ -68,6 +71,7 @@ class Task:
     hidden_tests: dict[str, str]          # protected; never placed in the agent's sandbox
     grade_command: tuple[str, ...]        # run in the grading dir; exit code 0 == pass
     solution: tuple[ToolCall, ...] = ()   # optional reference demonstration (host-side only)
+    setup_command: tuple[str, ...] = ()   # optional; run in the agent's sandbox before the first step
 
     def __post_init__(self) -> None:
         for field in ("task_id", "family", "instruction"):
@@ -85,18 +89,25 @@ class Task:
         if (not isinstance(self.grade_command, tuple) or not self.grade_command
                 or not all(isinstance(arg, str) and arg for arg in self.grade_command)):
             raise TaskError(f"grade_command must be a non-empty tuple of non-empty strings, got {self.grade_command!r}")
+        if (not isinstance(self.setup_command, tuple)
+                or not all(isinstance(arg, str) and arg for arg in self.setup_command)):
+            raise TaskError(f"setup_command must be a tuple of non-empty strings, got {self.setup_command!r} "
+                            f"(task {self.task_id})")
         if not isinstance(self.solution, tuple) or not all(isinstance(c, ToolCall) for c in self.solution):
             raise TaskError(f"solution must be a tuple of ToolCall, got {self.solution!r} (task {self.task_id})")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; :meth:`from_dict` inverts it."""
-        return {
+        """A JSON-ready dict; :meth:`from_dict` inverts it (``setup_command`` only when set)."""
+        data = {
             "task_id": self.task_id, "family": self.family, "split": self.split,
             "difficulty": self.difficulty, "instruction": self.instruction,
             "files": dict(self.files), "hidden_tests": dict(self.hidden_tests),
             "grade_command": list(self.grade_command),
             "solution": [call.to_dict() for call in self.solution],
         }
+        if self.setup_command:
+            data["setup_command"] = list(self.setup_command)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Task:
@@ -107,12 +118,15 @@ class Task:
         missing = [key for key in required if key not in data]
         if missing:
             raise TaskError(f"task {data.get('task_id', '?')!r} is missing field(s): {', '.join(missing)}")
-        unknown = sorted(set(data) - set(required) - {"solution"})
+        unknown = sorted(set(data) - set(required) - {"solution", "setup_command"})
         if unknown:
             raise TaskError(f"task {data['task_id']!r} has unknown field(s): {', '.join(unknown)}")
         command = data["grade_command"]
         if not isinstance(command, (list, tuple)):
             raise TaskError(f"grade_command must be a list of strings, got {type(command).__name__}")
+        setup = data.get("setup_command", [])
+        if not isinstance(setup, (list, tuple)):
+            raise TaskError(f"setup_command must be a list of strings, got {type(setup).__name__}")
         solution = data.get("solution", [])
         if not isinstance(solution, (list, tuple)):
             raise TaskError(f"solution must be a list of tool calls, got {type(solution).__name__}")
@@ -123,4 +137,4 @@ class Task:
         return cls(task_id=data["task_id"], family=data["family"], split=data["split"],
                    difficulty=data["difficulty"], instruction=data["instruction"],
                    files=_copy_if_dict(data["files"]), hidden_tests=_copy_if_dict(data["hidden_tests"]),
-                   grade_command=tuple(command), solution=calls)
+                   grade_command=tuple(command), solution=calls, setup_command=tuple(setup))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from envs.docker_sandbox import DockerConfig
 from envs.env import CodingEnv
 from envs.sandbox import LocalSandbox, SandboxError, SandboxLimits, SandboxPathError, make_sandbox
 from envs.tasks import Task
@@ -280,8 +281,9 @@ def test_make_sandbox_backends():
         assert isinstance(sandbox, LocalSandbox)
     with pytest.raises(ValueError, match="unknown sandbox backend 'kvm'"):
         make_sandbox("kvm", {}, FAST)
-    with pytest.raises(NotImplementedError, match="docker"):
-        make_sandbox("docker", {}, FAST)
+    unreachable = DockerConfig(base_url="unix:///nonexistent/horizonrl-docker.sock")
+    with pytest.raises(SandboxError, match="no docker engine is reachable at unix:///nonexistent/horizonrl-docker.sock"):
+        make_sandbox("docker", {}, FAST, docker=unreachable)
 
 
 def test_missing_bubblewrap_is_a_clear_error():

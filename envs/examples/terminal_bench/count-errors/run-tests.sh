@@ -1,0 +1,3 @@
+#!/bin/bash
+set -e
+bash "$TEST_DIR/check.sh"
