@@ -2,6 +2,7 @@
 
     horizonrl-bench gae          vectorised skip-observation GAE vs a Python loop (64 x 4096)
     horizonrl-bench antihack     `horizonrl-audit scan --rules-only` throughput on 10,000 calls
+    horizonrl-bench sandbox      local sandbox tool-call latency, start time, sandboxes alive at once
     horizonrl-bench engine       hf engine sampling throughput (tokens/s) on the default policy shape
     horizonrl-bench learner      DeepSpeed policy training throughput (tokens/s)
 """
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--threads", type=int, default=1)
     a = sub.add_parser("antihack")
     a.add_argument("--calls", type=int, default=10_000)
+    sb = sub.add_parser("sandbox")
+    sb.add_argument("--max-live", type=int, default=512)
     for name in ("engine", "learner"):
         p = sub.add_parser(name)
         p.add_argument("--batch", type=int, default=32)
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         from antihack.bench import bench_scan
 
         result = bench_scan(args.calls)
+    elif args.what == "sandbox":
+        from envs.bench import bench_sandbox
+
+        result = bench_sandbox(max_live=args.max_live)
     elif args.what == "engine":
         result = bench_engine(args.batch, args.seq_len, args.new_tokens, args.hidden, args.layers, args.threads)
     else:
