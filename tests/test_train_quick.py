@@ -46,8 +46,11 @@ def test_pass_rate_does_not_fall_and_losses_are_finite(quick_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["heldout_pass_rate_after_rl"] >= summary["heldout_pass_rate_before_rl"]
     final = summary["final_metrics"]
-    for key in ("policy/loss", "critic/loss", "policy/entropy", "critic/explained_variance"):
+    for key in ("policy/loss", "critic/loss", "policy/entropy", "policy/grad_norm", "critic/grad_norm"):
         assert math.isfinite(final[key]), (key, final)
+    # explained variance is undefined (NaN) only when every return in the batch is the same
+    if 0.0 < final["rollout/pass_rate"] < 1.0:
+        assert math.isfinite(final["critic/explained_variance"])
 
 
 def test_checkpoint_loads_with_from_pretrained(quick_run):
