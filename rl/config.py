@@ -88,6 +88,7 @@ class AlgoConfig:
     dis_high: float = 4.0
     tis_cap: Optional[float] = None
     whiten_advantages: bool = True
+    whiten_std_floor: float = 0.1              # never scale advantages up by more than 1/floor
     policy_lr: float = 3e-4
     critic_lr: float = 3e-4
     weight_decay: float = 0.0

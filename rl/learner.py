@@ -217,7 +217,8 @@ def compute_advantages(batch: SampleBatch, values: torch.Tensor, algo: AlgoConfi
                                batch.segment_index, algo.gamma, torch.full_like(batch.rewards, algo.lam_critic),
                                algo.lam_critic, algo.gae_mode)
     if algo.whiten_advantages:
-        adv = masked_whiten(adv, batch.action_mask)
+        # sqrt(var + floor^2): a batch with no signal (all returns alike) is not blown up into noise
+        adv = masked_whiten(adv, batch.action_mask, eps=algo.whiten_std_floor ** 2)
     return Advantages(advantages=adv, returns=ret, values=values)
 
 
