@@ -10,6 +10,7 @@ whitening -> K clipped value-loss steps -> one DIS policy step, all token-mean o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -63,10 +64,12 @@ def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, gra
     return engine
 
 
-def accumulate(engine, losses) -> float:
-    """Backward every micro-batch loss (already divided by the global token count), then take one
-    optimiser step; returns the gradient norm before clipping."""
-    losses = list(losses)
+def accumulate(engine, batch: SampleBatch, token_budget: int, loss_of) -> float:
+    """Backward `loss_of(rows, micro_batch)` for every micro-batch of `batch` (each loss already
+    divided by the global token count), then take one optimiser step; returns the gradient norm
+    before clipping."""
+    groups = micro_batches(batch, token_budget)
+    losses = [lambda idx=idx: loss_of(torch.tensor(idx), batch.rows(idx)) for idx in groups]
     norm = None
     for i, loss_fn in enumerate(losses):
         last = i == len(losses) - 1
@@ -106,15 +109,12 @@ class PolicyLearner:
         n = batch.num_action_tokens
         stats = {"nll": 0.0}
 
-        def loss_of(idx):
-            def run():
-                mb = batch.rows(idx)
-                logp, _ = self.forward(mb)
-                loss = -(logp * mb.action_mask).sum() / n
-                stats["nll"] += float(loss.detach())
-                return loss
-            return run
-        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        def loss_of(rows, mb):
+            logp, _ = self.forward(mb)
+            loss = -(logp * mb.action_mask).sum() / n
+            stats["nll"] += float(loss.detach())
+            return loss
+        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
         return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm}
 
     def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor) -> dict:
@@ -122,34 +122,30 @@ class PolicyLearner:
         n = batch.num_action_tokens
         sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0}
 
-        def loss_of(idx):
-            def run():
-                mb = batch.rows(idx)
-                logp, logits = self.forward(mb)
-                adv = advantages[torch.tensor(idx)][:, : mb.input_ids.shape[1]]
-                loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
-                                           eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
-                                           num_tokens=n, tis_cap=self.algo.tis_cap)
-                w = mb.num_action_tokens / n
-                for k in ("masked_fraction", "mismatch_kl", "ratio_mean"):
-                    sums[k] += st[k] * w
-                with torch.no_grad():
-                    ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
-                    sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n
-                sums["loss"] += float(loss.detach())
-                return loss
-            return run
-        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        def loss_of(rows, mb):
+            logp, logits = self.forward(mb)
+            adv = advantages[rows][:, : mb.input_ids.shape[1]]
+            loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
+                                       eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
+                                       num_tokens=n, tis_cap=self.algo.tis_cap)
+            w = mb.num_action_tokens / n
+            for k in ("masked_fraction", "mismatch_kl", "ratio_mean"):
+                sums[k] += st[k] * w
+            with torch.no_grad():
+                ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
+                sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n
+            sums["loss"] += float(loss.detach())
+            return loss
+        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
         return {f"policy/{k}": v for k, v in sums.items()} | {"policy/grad_norm": grad_norm}
 
     def state_dict(self) -> dict:
         """Full (gathered) weights on the CPU, for pushing to the engines."""
         module = self.engine.module
-        if self.engine.zero_optimization_partition_weights():
-            params = list(module.parameters())
-            with deepspeed.zero.GatheredParameters(params):
-                return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()))
+                    if self.engine.zero_optimization_partition_weights() else contextlib.nullcontext())
+        with gathered:
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def save_pretrained(self, out_dir: Path, tokenizer) -> None:
         module = self.engine.module
@@ -183,18 +179,14 @@ class CriticLearner:
         n = batch.num_action_tokens
         sums = {"loss": 0.0, "clipfrac": 0.0}
 
-        def loss_of(idx):
-            def run():
-                mb = batch.rows(idx)
-                t = mb.input_ids.shape[1]
-                rows = torch.tensor(idx)
-                loss, clipfrac = clipped_value_loss(self.forward(mb), old_values[rows, :t], returns[rows, :t],
-                                                    mb.action_mask, self.algo.value_clip, n)
-                sums["loss"] += float(loss.detach())
-                sums["clipfrac"] += float(clipfrac) * mb.num_action_tokens / n
-                return loss
-            return run
-        grad_norm = accumulate(self.engine, [loss_of(i) for i in micro_batches(batch, self.algo.micro_batch_tokens)])
+        def loss_of(rows, mb):
+            t = mb.input_ids.shape[1]
+            loss, clipfrac = clipped_value_loss(self.forward(mb), old_values[rows, :t], returns[rows, :t],
+                                                mb.action_mask, self.algo.value_clip, n)
+            sums["loss"] += float(loss.detach())
+            sums["clipfrac"] += float(clipfrac) * mb.num_action_tokens / n
+            return loss
+        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
         return {"critic/loss": sums["loss"], "critic/clipfrac": sums["clipfrac"], "critic/grad_norm": grad_norm}
 
 

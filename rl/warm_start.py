@@ -33,8 +33,7 @@ from rollout.worker import EnvConfig, make_env
 @dataclass
 class Demonstration:
     task: Task
-    turns: list[tuple[ToolCall, str]]   # (call, observation the environment returned)
-    passed: bool
+    turns: list[tuple[ToolCall, str]]   # (call, observation the environment returned); it passed its grade
 
     def text(self) -> str:
         parts = [prompt_text(self.task.instruction)]
@@ -50,7 +49,7 @@ def demonstration(task: Task, env_cfg: EnvConfig) -> Demonstration:
         grade = env.grade()
     if not grade.passed:
         raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
-    return Demonstration(task, turns, grade.passed)
+    return Demonstration(task, turns)
 
 
 def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8) -> list[Demonstration]:

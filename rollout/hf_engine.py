@@ -135,7 +135,6 @@ class HFEngineActor:
         self.lock = asyncio.Lock()
         self.wakeup = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
-        self.tokens_generated = 0
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerateOutput:
         if self.loop_task is None:
@@ -166,7 +165,6 @@ class HFEngineActor:
                         r.future.set_exception(exc)
                     continue
             for r, o in zip(batch, outs):
-                self.tokens_generated += len(o.token_ids)
                 r.future.set_result(o)
 
     async def update_weights(self, state: dict, version: int) -> None:
@@ -175,6 +173,3 @@ class HFEngineActor:
 
     async def weight_version(self) -> int:
         return self.gen.version
-
-    async def stats(self) -> dict:
-        return {"tokens_generated": self.tokens_generated, "version": self.gen.version}

@@ -66,12 +66,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from aiohttp import web
+
+from rollout.weight_sync import custom_process_group
 
 DOUBLE_SGLANG_VERSION = "0.5.23"
 
@@ -735,17 +736,7 @@ def compute_weight_version_spans(events: list[tuple[str, int]], current_version:
 def join_process_group(master_address: str, master_port: int, rank_offset: int, world_size: int,
                        group_name: str, backend: str):
     """The server's side of ``init_custom_process_group`` (python/sglang/srt/utils/common.py), TP rank 0."""
-    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
-
-    timeout = timedelta(seconds=60)
-    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank_offset, world_size,
-                                              timeout=timeout))
-    store.set_timeout(timeout)
-    store = PrefixStore(group_name, store)
-    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
-                                      backend_options=None, timeout=timeout)
-    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
-    return pg
+    return custom_process_group(master_address, master_port, rank_offset, world_size, group_name, backend, 60.0)
 
 
 def receive_broadcast(group, names: list[str], dtypes: list[str], shapes: list[list[int]]):

@@ -138,6 +138,23 @@ def make_buckets(state: Mapping[str, torch.Tensor], bucket_bytes: int) -> list[B
 # distributed: rank 0 of the weight-update group
 # ----------------------------------------------------------------------------------------------
 
+def custom_process_group(master_address: str, master_port: int, rank: int, world_size: int, group_name: str,
+                         backend: str, timeout_s: float) -> dist.ProcessGroup:
+    """SGLang's ``init_custom_process_group``: a named group over a TCP rendezvous store, usable
+    without a default process group. Rank 0 hosts the store; every rank calls this."""
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size,
+                                              timeout=timeout))
+    store.set_timeout(timeout)
+    store = PrefixStore(group_name, store)
+    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
+                                      backend_options=None, timeout=timeout)
+    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    return pg
+
+
 def init_weight_update_group(master_address: str, master_port: int, world_size: int, group_name: str,
                              backend: str, timeout_s: float) -> dist.ProcessGroup:
     """Create the learner's side (rank 0) of the group the servers join via ``/init_weights_update_group``.
@@ -147,17 +164,7 @@ def init_weight_update_group(master_address: str, master_port: int, world_size: 
     ``torch.distributed.broadcast(..., group=pg)`` works without a default process group. Blocks
     until all `world_size` ranks have joined (or `timeout_s` passes).
     """
-    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
-
-    timeout = timedelta(seconds=timeout_s)
-    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", 0, world_size,
-                                              timeout=timeout))
-    store.set_timeout(timeout)
-    store = PrefixStore(group_name, store)
-    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
-                                      backend_options=None, timeout=timeout)
-    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
-    return pg
+    return custom_process_group(master_address, master_port, 0, world_size, group_name, backend, timeout_s)
 
 
 def destroy_weight_update_group(group: dist.ProcessGroup) -> None:
