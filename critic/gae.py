@@ -6,10 +6,13 @@ the *action tokens only* (skip-observation GAE): the action tokens of a row are 
 t = 1..n and an observation span between two of them is not a step, so V_{t+1} of the last token
 of an action span is the value of the first token of the next action span.
 
-Vectorisation: the action tokens of each row are compacted to the left (a cumsum scatter), the
-backward recursion A_t = δ_t + γλ·A_{t+1} is evaluated as a discounted reverse cumulative sum
-(blocked: one small matrix product per block of 16 tokens, block carries resolved by the same
-function one level up), and the result is scattered back. Internally everything is float64.
+Vectorisation (:func:`gae`): the action tokens of each row are scattered into compact columns
+numbered from the end of the row (an int16 cumsum of the mask gives the slots), so observation gaps
+cost nothing and the backward recursion A_t = δ_t + γλ·A_{t+1} becomes a forward discounted
+cumulative sum, evaluated in closed form, y_k = c^k·Σ_{i≤k} c^{−i}·x_i: one ``cumsum`` between two
+scalings (:func:`discounted_cumsum_`; chunked only where c^{−k} would leave float64's comfortable
+range, a blocked-matrix scan for c ≈ 0). Sparse rewards are added at their compact positions only.
+The advantages are gathered back. δ and A are float64; outputs are in the dtype of ``values``.
 
 Across compacted sub-traces (one sample per segment of a rollout), :func:`gae_over_segments`
 implements the two boundary modes of §3.3: ``crl`` (every segment ends with the rollout reward,
@@ -19,11 +22,19 @@ last action of segment s bootstraps from the first action value of segment s+1).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 BLOCK = 16
-"""Block length of the blocked discounted reverse cumulative sum."""
+"""Block length of the blocked-matrix scan (the fallback for c ≈ 0)."""
+
+LOG_RANGE = 300.0
+"""Chunks of the closed-form scan keep c^{±k} within e^{±LOG_RANGE} (float64 reaches e^{±709})."""
+
+MIN_CHUNK = 16
+"""Below this chunk length (c < e^{−LOG_RANGE/MIN_CHUNK} ≈ 7e-9) the scan falls back to blocked matrices."""
 
 GAE_MODES = ("crl", "boot")
 
@@ -63,15 +74,14 @@ def discount_matrix(discount: Tensor, size: int) -> Tensor:
     return powers[..., exponent.clamp(min=0)] * (exponent >= 0).to(discount.dtype)
 
 
-def discounted_reverse_cumsum(x: Tensor, discount: Tensor, block: int = BLOCK) -> Tensor:
-    """y_t = Σ_{k≥t} c^{k−t} x_k, i.e. y_t = x_t + c·y_{t+1}, per row (``x``: [B, T], c: [B]).
+def _blocked_reverse_cumsum(x: Tensor, discount: Tensor, block: int = BLOCK) -> Tensor:
+    """y_t = x_t + c·y_{t+1} by blocked matrix products (the fallback of :func:`discounted_reverse_cumsum`).
 
-    Blocked: inside a block of ``block`` tokens y is one matrix product with
-    :func:`discount_matrix`; y at the start of every block is the same sum over the block heads
-    with discount c^block (a recursive call on T/block columns), and each block adds
-    c^{block−i}·y(start of the next block). Only non-negative powers of c appear (no division),
-    so it is stable for any c in [0, 1] and any length. When every row has the same c, one shared
-    matrix serves all rows (a single GEMM).
+    Inside a block of ``block`` tokens y is one matrix product with :func:`discount_matrix`; y at
+    the start of every block is the same sum over the block heads with discount c^block (a
+    recursive call on T/block columns), and each block adds c^{block−i}·y(start of the next
+    block). Only non-negative powers of c appear (no division), so it is exact in structure for
+    any c in [0, 1], c = 0 included, at the price of one small GEMM per block.
     """
     rows, length = x.shape
     if rows == 0 or length == 0:
@@ -87,28 +97,114 @@ def discounted_reverse_cumsum(x: Tensor, discount: Tensor, block: int = BLOCK) -
     else:
         y = torch.einsum("bij,bnj->bni", discount_matrix(discount, size), xb)
     if num_blocks > 1:
-        block_starts = discounted_reverse_cumsum(y[:, :, 0], discount**size, block)
+        block_starts = _blocked_reverse_cumsum(y[:, :, 0], discount**size, block)
         tail = discount[:, None] ** (size - torch.arange(size, dtype=x.dtype, device=x.device))  # c^{size-i}
         y[:, :-1].addcmul_(tail[:, None, :], block_starts[:, 1:, None])  # + c^{size-i}·y(next block start)
     return y.reshape(rows, num_blocks * size)[:, :length]
 
 
-def action_slots(action_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Skip-observation index of every token, ``[B, T]`` int32, and the action count of each row.
+def _chunk_length(discounts: list[float], length: int) -> int:
+    """Longest chunk over which c^{±k} stays within e^{±LOG_RANGE} for every row's c (``length`` if all c = 1).
+
+    0 when some c is not a positive finite number (the caller then uses the blocked-matrix scan).
+    """
+    if not all(0.0 < c < math.inf for c in discounts):
+        return 0
+    log_c = max(abs(math.log(c)) for c in discounts)
+    if log_c * length <= LOG_RANGE:
+        return length
+    return int(LOG_RANGE / log_c)
+
+
+def discounted_cumsum_(x: Tensor, discount: Tensor) -> Tensor:
+    """In place, y_k = x_k + c·y_{k−1} along each row (``x``: float [B, N], c: [B]); returns ``x``.
+
+    Closed form per chunk of K columns (k = 0..K−1 inside the chunk, y_{−1} the previous chunk's end):
+
+        y_k = c^{k} · Σ_{i ≤ k} c^{−i} x_i  +  c^{k+1} · y_{−1}
+
+    i.e. a scale, one ``cumsum`` and a scale; the chunk ends Y_n = e_n + c^K·Y_{n−1} are the same
+    scan over N/K columns with discount c^K. Each y_k is a sum of c^{k−i}·x_i accumulated left to
+    right, so its rounding error is that of the recursion (no cancellation: nothing is subtracted);
+    K is the longest chunk with c^{−K} ≤ e^{LOG_RANGE}, so nothing overflows. For c = γλ ≥ 0.86 a
+    2k-token row is a single chunk (three vectorised passes); c = 1 is a plain ``cumsum``. When some
+    row's c is so small that a chunk would be shorter than ``MIN_CHUNK`` (c < 7e-9, e.g. λ = 0) or
+    not positive, the batch goes to the blocked-matrix scan, which uses non-negative powers only.
+    """
+    rows, length = x.shape
+    if rows == 0 or length == 0:
+        return x
+    if not x.is_contiguous():
+        return x.copy_(discounted_cumsum_(x.contiguous(), discount))
+    discounts = discount.tolist()
+    shared = min(discounts) == max(discounts)
+    if shared and discounts[0] == 1.0:
+        return x.cumsum_(1)
+    chunk = _chunk_length(discounts, length)
+    if chunk < min(MIN_CHUNK, length):
+        return x.copy_(_blocked_reverse_cumsum(x.flip(1), discount.to(x.device, x.dtype)).flip(1))
+    steps = torch.arange(chunk, dtype=x.dtype, device=x.device)
+    if shared:
+        grow = torch.pow(discounts[0], steps)                             # c^k, [K]
+    else:
+        log_c = torch.tensor(discounts, dtype=x.dtype, device=x.device).log_()
+        grow = torch.exp(log_c[:, None] * steps)                          # c^k, [B, K]
+    shrink = grow.reciprocal()                                            # c^{−k}
+    if chunk == length:
+        return x.mul_(shrink).cumsum_(1).mul_(grow)
+    full, rest = divmod(length, chunk)
+    grow, shrink = grow[..., None, :], shrink[..., None, :]               # broadcast over the chunks
+    parts = [x[:, : full * chunk].view(rows, full, chunk)]
+    if rest:
+        parts.append(x[:, full * chunk:].view(rows, 1, rest))
+    for part in parts:
+        k = part.shape[-1]
+        part.mul_(shrink[..., :k]).cumsum_(-1).mul_(grow[..., :k])
+    # carry y_{−1} across chunk boundaries
+    c = discount.to(x.device, x.dtype)
+    ends = discounted_cumsum_(x[:, chunk - 1 :: chunk].clone(), c**chunk)  # Y_n = e_n + c^K·Y_{n−1}
+    carry = c[:, None, None] * grow                                        # c^{k+1}, [B, 1, K]
+    if full > 1:                                                           # chunks 1..full−1
+        parts[0][:, 1:].addcmul_(ends[:, : full - 1, None], carry)
+    if rest:
+        parts[1].addcmul_(ends[:, full - 1, None, None], carry[..., :rest])
+    return x
+
+
+def discounted_reverse_cumsum(x: Tensor, discount: Tensor) -> Tensor:
+    """y_t = Σ_{k≥t} c^{k−t} x_k, i.e. y_t = x_t + c·y_{t+1}, per row (``x``: [B, T], c: [B]).
+
+    The rows reversed, :func:`discounted_cumsum_` (closed form per chunk), reversed back.
+    """
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return x.clone()
+    return discounted_cumsum_(x.flip(1), discount).flip(1)
+
+
+def action_slots(action_mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Skip-observation index of every token, ``[B, T]`` int64, and the action count of each row.
 
     The k-th action token of a row (k = 1..n, observations skipped) gets slot k; every other token
-    gets slot 0, a spare column. Scattering into ``n_max + 1`` columns with it compacts the action
-    tokens of a row to the left (:func:`compact_actions`); gathering with it puts them back
-    (:func:`expand_actions`).
+    gets slot 0, a spare column. With ``reverse`` the numbering runs from the end (the last action
+    token gets slot 1, the first gets n). Scattering into ``n_max + 1`` columns with it compacts the
+    action tokens of a row to the left (:func:`compact_actions`); gathering with it puts them back
+    (:func:`expand_actions`). The cumsum runs in int16 (int32 for T ≥ 2^15): small temporaries; only
+    the result is int64, the index dtype ``scatter_``/``gather`` take without a conversion.
     """
-    mask = action_mask != 0
-    rank = mask.cumsum(1, dtype=torch.int32)
-    count = rank[:, -1].long() if rank.shape[1] else torch.zeros(rank.shape[0], dtype=torch.long, device=rank.device)
-    return rank.mul_(mask), count
+    mask = action_mask if action_mask.dtype == torch.bool else action_mask.bool()
+    rows, length = mask.shape
+    if length == 0:
+        return (torch.zeros(rows, 0, dtype=torch.long, device=mask.device),
+                torch.zeros(rows, dtype=torch.long, device=mask.device))
+    rank = mask.cumsum(1, dtype=torch.int16 if length < 2**15 else torch.int32)
+    count = rank[:, -1].long()
+    if reverse:
+        torch.sub(rank[:, -1:] + 1, rank, out=rank)               # n + 1 − rank
+    return rank.mul_(mask).long(), count
 
 
 def compact_actions(x: Tensor, slots: Tensor, width: int) -> Tensor:
-    """``out[b, k]`` = x at the k-th action token of row b (k = 1..width); column 0 and unused slots are 0."""
+    """``out[b, k]`` = x at the token of slot k of row b (k = 1..width); column 0 and unused slots are 0."""
     out = torch.zeros(x.shape[0], width + 1, dtype=x.dtype, device=x.device).scatter_(1, slots, x)
     out[:, 0] = 0
     return out
@@ -139,36 +235,83 @@ def gae(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam:
     (per-row λ, e.g. the length-adaptive policy λ). ``bootstrap_values`` ([B]) is the value after
     the last action token (truncated rollouts, BOOT mode); ``bootstrap_advantages`` ([B]) chains a
     row to the advantage of the step after it (BOOT mode). Values at non-action positions are
-    ignored; rewards there must be 0. Advantages and returns are exactly 0 where ``action_mask``
-    is 0. Returns ``(advantages, returns)`` in the dtype of ``values``; float64 inside.
+    ignored (they must be finite: the returns there are 0 + V·0); rewards there must be 0.
+    Advantages and returns are exactly 0 where ``action_mask`` is 0. Returns
+    ``(advantages, returns)`` in the dtype of ``values``; δ and A are float64 inside.
+
+    Vectorised in three steps, no per-token loop:
+
+    1. Compact: the action tokens of each row are scattered into columns numbered from the *end*,
+       column k = n + 1 − t holds action token t (:func:`action_slots`). Observation gaps vanish,
+       and column 0, the sink of every non-action token, is the step after the last action:
+       V'_0 = V_{n+1}, A'_0 = A_{n+1}.
+    2. Scan: in those columns the backward recursion runs forward,
+
+           δ'_k = r'_k + γ·V'_{k−1} − V'_k,      A'_k = δ'_k + γλ·A'_{k−1},
+
+       i.e. A'_k = Σ_{i≤k} (γλ)^{k−i}·δ'_i, a discounted cumulative sum evaluated in closed form
+       (:func:`discounted_cumsum_`: scale by (γλ)^{−i}, ``cumsum``, scale by (γλ)^k), float64.
+    3. Expand: column 0 is zeroed and A is gathered back to the tokens (non-action tokens read
+       the zero); G = A + V·mask in the dtype of ``values``.
     """
     rows, length = _check_same_2d(rewards=rewards, values=values, action_mask=action_mask)
     device = values.device
     discount = gamma * _per_row(lam, rows, "lam", device)
-    slots, count = action_slots(action_mask)
-    width = int(count.max()) if rows else 0
-    r = compact_actions(rewards.detach(), slots, width)    # [B, 1 + n_max]; column 0 is spare
-    if int(torch.count_nonzero(rewards)) != int(torch.count_nonzero(r)):
+    if rows == 0 or length == 0:
+        return torch.zeros_like(values), torch.zeros_like(values)
+    mask = (action_mask if action_mask.dtype == torch.bool else action_mask.bool()).contiguous()
+    slots, count = action_slots(mask, reverse=True)                 # [B, T]; 0 off the actions
+    width = int(count.max()) + 1                                    # column 0 + n_max action columns
+    if width == 1:                                                  # no action token at all
+        if bool(rewards.detach().bool().any()):
+            raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
+        return torch.zeros_like(values), torch.zeros_like(values)
+    v = torch.zeros(rows, width, dtype=values.dtype, device=device).scatter_(1, slots, values.detach())
+    v = v.to(torch.float64)
+    v[:, 0] = 0                                                     # values of non-action tokens land here
+
+    adv = torch.empty(rows, width, dtype=torch.float64, device=device)  # δ', then A', in place
+    if gamma == 1.0:
+        torch.sub(v[:, :-1], v[:, 1:], out=adv[:, 1:])              # γ·V'_{k−1} − V'_k
+    else:
+        torch.mul(v[:, :-1], gamma, out=adv[:, 1:]).sub_(v[:, 1:])
+    _add_compact_rewards(adv, rewards.detach(), mask, slots)       # δ'_k = r'_k + γ·V'_{k−1} − V'_k
+    if bootstrap_values is not None:                                # V'_0 = V_{n+1}
+        adv[:, 1].add_(_per_row(bootstrap_values, rows, "bootstrap_values", device), alpha=gamma)
+    adv[:, 0] = (0 if bootstrap_advantages is None                  # A'_0 = A_{n+1}
+                 else _per_row(bootstrap_advantages, rows, "bootstrap_advantages", device))
+    discounted_cumsum_(adv, discount)                               # A'_k = δ'_k + γλ·A'_{k−1}
+    adv[:, 0] = 0                                                   # what non-action tokens gather
+    advantages = adv.to(values.dtype).gather(1, slots)
+    # G_t = A_t + V_t on action tokens; 0 + V·0 = 0 elsewhere
+    returns = torch.addcmul(advantages, values.detach(), mask.view(torch.uint8).to(values.dtype))
+    return advantages, returns
+
+
+def _add_compact_rewards(delta: Tensor, rewards: Tensor, mask: Tensor, slots: Tensor) -> None:
+    """``delta[b, slots[b, t]] += rewards[b, t]``, after checking that rewards are 0 off the mask.
+
+    Rewards are sparse in practice (an outcome reward and a few penalties per row), so their
+    positions are found by a ``nonzero`` over 8-byte words of ``rewards ≠ 0`` (T/8 words a row)
+    and only those entries are moved; dense rewards fall back to a full ``scatter_``.
+    """
+    nonzero = rewards.bool()
+    flat = nonzero.reshape(-1)
+    if flat.numel() % 8 == 0 and flat.storage_offset() % 8 == 0:
+        words = flat.view(torch.int64).nonzero()                    # [H, 1]: words holding a nonzero reward
+        if words.shape[0] * 64 <= flat.numel():                     # sparse: ≤ 1 word in 8
+            candidates = (words * 8 + torch.arange(8, device=flat.device)).view(-1)
+            where = candidates[flat[candidates]]                    # flat index of every nonzero reward
+            slot = slots.view(-1)[where]                            # 0 off the mask
+            if not bool(slot.all()):
+                raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
+            row = torch.div(where, mask.shape[1], rounding_mode="floor")
+            delta.index_put_((row, slot), rewards.reshape(-1)[where].to(delta.dtype), accumulate=True)
+            return
+    if int(torch.gt(nonzero, mask).view(torch.uint8).max()):
         raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
-    v = compact_actions(values.detach(), slots, width)
-
-    padded = -(-(width + 1) // BLOCK) * BLOCK  # whole scan blocks: no copy inside the scan
-    delta = torch.zeros(rows, padded, dtype=torch.float64, device=device)
-    delta[:, 1:width] = v[:, 2:]                            # V_{t+1}; 0 after the last action token
-    last = count[:, None]                                   # slot of the last action token (0: none)
-    if bootstrap_values is not None:
-        delta.scatter_(1, last, _per_row(bootstrap_values, rows, "bootstrap_values", device)[:, None])
-    delta[:, : width + 1].mul_(gamma).add_(r).sub_(v)       # δ_t = r_t + γ·V_{t+1} − V_t
-    if bootstrap_advantages is not None:                    # + γλ·A_{n+1} on the last action token
-        carried = discount * _per_row(bootstrap_advantages, rows, "bootstrap_advantages", device)
-        delta.scatter_add_(1, last, carried[:, None])
-    delta[:, 0] = 0
-
-    advantages = discounted_reverse_cumsum(delta, discount)[:, : width + 1]  # A_t = δ_t + γλ·A_{t+1}
-    advantages[:, 0] = 0
-    adv_out = expand_actions(advantages.to(values.dtype), slots)
-    returns = advantages.add_(v)                             # G_t = A_t + V_t
-    return adv_out, expand_actions(returns.to(values.dtype), slots)
+    compact = torch.zeros(delta.shape, dtype=rewards.dtype, device=rewards.device).scatter_(1, slots, rewards)
+    delta[:, 1:].add_(compact[:, 1:])
 
 
 def gae_reference_loop(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam: float | Tensor,
@@ -320,7 +463,8 @@ def gae_over_segments(rewards_final: Tensor, values: Tensor, action_mask: Tensor
 
 
 __all__ = [
-    "BLOCK", "GAE_MODES", "discount_matrix", "discounted_reverse_cumsum", "action_slots", "compact_actions",
+    "BLOCK", "GAE_MODES", "discount_matrix", "discounted_cumsum_", "discounted_reverse_cumsum", "action_slots",
+    "compact_actions",
     "expand_actions", "gae", "gae_reference_loop", "length_adaptive_lambda", "trajectory_position_correction",
     "gae_over_segments",
 ]

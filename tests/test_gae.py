@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from critic.bench import bench_gae, random_agent_batch
 from critic.gae import (
+    discounted_cumsum_,
     discounted_reverse_cumsum,
     gae,
     gae_over_segments,
@@ -187,6 +189,110 @@ def test_discounted_reverse_cumsum_against_recursion(length, shared):
     assert_close(y, expected, atol=1e-9)
     if not shared:
         assert_close(y[0], x[0])  # c = 0: no carry at all
+
+
+def forward_recursion(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    y, running = torch.zeros_like(x), torch.zeros(x.shape[0], dtype=x.dtype)
+    for i in range(x.shape[1]):
+        running = x[:, i] + c * running
+        y[:, i] = running
+    return y
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 433, 1000, 3001])
+@pytest.mark.parametrize("discounts", [
+    [0.95] * 3,              # one chunk up to ~5.8k columns
+    [0.5] * 3,               # chunks of 432 columns, carries between them, a partial last chunk
+    [1e-3] * 3,              # chunks of 43
+    [1e-12] * 3,             # chunk < MIN_CHUNK: blocked-matrix fallback
+    [0.0, 0.0, 0.0],         # c = 0: fallback, y = x exactly
+    [1.0] * 3,               # plain cumsum
+    [0.3, 0.9, 1.0],         # per-row c, chunked by the smallest
+    [0.0, 0.5, 1.0],         # per-row with c = 0: fallback
+])
+def test_discounted_cumsum_chunks_against_recursion(length, discounts):
+    g = torch.Generator().manual_seed(length)
+    x = torch.randn(3, length, generator=g, dtype=torch.float64) * 10
+    c = torch.tensor(discounts, dtype=torch.float64)
+    y = discounted_cumsum_(x.clone(), c)
+    assert_close(y, forward_recursion(x, c), atol=1e-9)
+    # the reverse scan is the same thing on reversed rows
+    assert_close(discounted_reverse_cumsum(x, c), forward_recursion(x.flip(1), c).flip(1), atol=1e-9)
+
+
+def test_discounted_cumsum_non_contiguous_input():
+    x = torch.randn(50, 4, dtype=torch.float64).t()  # [4, 50], not contiguous
+    c = torch.tensor([0.2, 0.6, 0.99, 1.0], dtype=torch.float64)
+    expected = forward_recursion(x.clone(), c)
+    y = discounted_cumsum_(x, c)
+    assert y is x
+    assert_close(x, expected, atol=1e-12)
+
+
+def sparse_rewards(mask: torch.Tensor, seed: int, per_row: int = 3) -> torch.Tensor:
+    """A few nonzero rewards per row, on action tokens only (the realistic, sparse case)."""
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.zeros_like(mask)
+    for b in range(mask.shape[0]):
+        actions = torch.nonzero(mask[b]).squeeze(1)
+        if actions.numel():
+            pick = actions[torch.randint(0, actions.numel(), (per_row,), generator=g)]
+            rewards[b, pick] = torch.randn(per_row, generator=g, dtype=mask.dtype)
+    return rewards
+
+
+@pytest.mark.parametrize("length", [64, 203, 1000])  # 203·rows is not a multiple of 8: the dense path
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (1.0, 0.95), (0.99, 0.9), (0.9, 0.0), (1.0, "per-row")])
+def test_sparse_rewards_match_reference(length, gamma, lam):
+    _, values, mask = random_batch(8, length, seed=length, action_prob=0.5)
+    rewards = sparse_rewards(mask, seed=length)
+    lam_arg = torch.linspace(0.3, 1.0, 8, dtype=torch.float64) if lam == "per-row" else lam
+    boot_v = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for kwargs in ({}, {"bootstrap_values": boot_v, "bootstrap_advantages": -boot_v}):
+        adv, ret = gae(rewards, values, mask, gamma, lam_arg, **kwargs)
+        ref_adv, ref_ret = gae_reference_loop(rewards, values, mask, gamma, lam_arg, **kwargs)
+        assert_close(adv, ref_adv, atol=1e-9)
+        assert_close(ret, ref_ret, atol=1e-9)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_reward_off_the_mask_raises_on_both_paths(sparse):
+    _, values, mask = random_batch(4, 64, seed=2, action_prob=0.5)
+    rewards = sparse_rewards(mask, seed=2) if sparse else torch.randn(4, 64, dtype=torch.float64) * mask
+    off = torch.nonzero(mask == 0)[0]
+    rewards[off[0], off[1]] = 0.5
+    with pytest.raises(ValueError, match="rewards must be 0 outside action_mask"):
+        gae(rewards, values, mask, 1.0, 0.95)
+    with pytest.raises(ValueError, match="rewards must be 0 outside action_mask"):
+        gae(t([[0, 1.0]]), t([[0, 0]]), t([[0, 0]]), 1.0, 1.0)  # no action token at all
+
+
+def test_bool_mask_and_non_contiguous_inputs():
+    rewards, values, mask = random_batch(5, 120, seed=6)
+    adv, ret = gae(rewards.t().contiguous().t(), values.t().contiguous().t(), mask.bool(), 0.97, 0.9)
+    ref_adv, ref_ret = gae_reference_loop(rewards, values, mask, 0.97, 0.9)
+    assert_close(adv, ref_adv, atol=1e-9)
+    assert_close(ret, ref_ret, atol=1e-9)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (1.0, 0.95), (0.99, 0.95), (1.0, "per-row")])
+def test_bench_batch_float32_matches_reference(gamma, lam):
+    # the benchmark's batch shape in small: prompt, action spans, observation gaps, padding, float32
+    rewards, values, mask = random_agent_batch(6, 1024, torch.Generator().manual_seed(3))
+    lam_arg = torch.linspace(0.5, 1.0, 6) if lam == "per-row" else lam
+    adv, ret = gae(rewards, values, mask, gamma, lam_arg)
+    ref_adv, ref_ret = gae_reference_loop(rewards, values, mask, gamma, lam_arg)
+    assert adv.dtype == ret.dtype == torch.float32
+    assert_close(adv, ref_adv, atol=1e-5)
+    assert_close(ret, ref_ret, atol=1e-5)
+    assert torch.all(adv[mask == 0] == 0) and torch.all(ret[mask == 0] == 0)
+
+
+def test_bench_gae_reports_agreement():
+    result = bench_gae(batch=4, seq_len=256, repeats=3, loop_repeats=1)
+    assert result["max_abs_diff"] < 1e-5
+    assert result["vectorised_ms"] > 0 and result["python_loop_ms"] > 0 and result["speedup"] > 0
+    assert {"page_faults_per_call", "vectorised_cold_heap_ms", "threads"} <= set(result)
 
 
 def test_rewards_outside_mask_and_bad_shapes_raise():
