@@ -116,6 +116,19 @@ def _chunk_length(discounts: list[float], length: int) -> int:
     return int(LOG_RANGE / log_c)
 
 
+def _row_powers(c: Tensor, size: int) -> Tensor:
+    """c_b^k for k = 0..size−1, ``[B, size]``, by doubling: columns [n, 2n) are columns [0, n) times c^n."""
+    powers = torch.empty(c.shape[0], size, dtype=c.dtype, device=c.device)
+    powers[:, 0] = 1
+    filled, c_n = 1, c[:, None]
+    while filled < size:
+        step = min(filled, size - filled)
+        torch.mul(powers[:, :step], c_n, out=powers[:, filled:filled + step])
+        c_n = c_n * c_n
+        filled += step
+    return powers
+
+
 def discounted_cumsum_(x: Tensor, discount: Tensor) -> Tensor:
     """In place, y_k = x_k + c·y_{k−1} along each row (``x``: float [B, N], c: [B]); returns ``x``.
 
@@ -143,12 +156,10 @@ def discounted_cumsum_(x: Tensor, discount: Tensor) -> Tensor:
     chunk = _chunk_length(discounts, length)
     if chunk < min(MIN_CHUNK, length):
         return x.copy_(_blocked_reverse_cumsum(x.flip(1), discount.to(x.device, x.dtype)).flip(1))
-    steps = torch.arange(chunk, dtype=x.dtype, device=x.device)
     if shared:
-        grow = torch.pow(discounts[0], steps)                             # c^k, [K]
+        grow = torch.pow(discounts[0], torch.arange(chunk, dtype=x.dtype, device=x.device))  # c^k, [K]
     else:
-        log_c = torch.tensor(discounts, dtype=x.dtype, device=x.device).log_()
-        grow = torch.exp(log_c[:, None] * steps)                          # c^k, [B, K]
+        grow = _row_powers(discount.to(x.device, x.dtype), chunk)         # c^k, [B, K]
     shrink = grow.reciprocal()                                            # c^{−k}
     if chunk == length:
         return x.mul_(shrink).cumsum_(1).mul_(grow)
@@ -268,7 +279,7 @@ def gae(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam:
         return torch.zeros_like(values), torch.zeros_like(values)
     v = torch.zeros(rows, width, dtype=values.dtype, device=device).scatter_(1, slots, values.detach())
     v = v.to(torch.float64)
-    v[:, 0] = 0                                                     # values of non-action tokens land here
+    v.select(1, 0).zero_()                                          # values of non-action tokens land here
 
     adv = torch.empty(rows, width, dtype=torch.float64, device=device)  # δ', then A', in place
     if gamma == 1.0:
@@ -281,7 +292,7 @@ def gae(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam:
     adv[:, 0] = (0 if bootstrap_advantages is None                  # A'_0 = A_{n+1}
                  else _per_row(bootstrap_advantages, rows, "bootstrap_advantages", device))
     discounted_cumsum_(adv, discount)                               # A'_k = δ'_k + γλ·A'_{k−1}
-    adv[:, 0] = 0                                                   # what non-action tokens gather
+    adv.select(1, 0).zero_()                                        # what non-action tokens gather
     advantages = adv.to(values.dtype).gather(1, slots)
     # G_t = A_t + V_t on action tokens; 0 + V·0 = 0 elsewhere
     returns = torch.addcmul(advantages, values.detach(), mask.view(torch.uint8).to(values.dtype))
@@ -301,12 +312,13 @@ def _add_compact_rewards(delta: Tensor, rewards: Tensor, mask: Tensor, slots: Te
         words = flat.view(torch.int64).nonzero()                    # [H, 1]: words holding a nonzero reward
         if words.shape[0] * 64 <= flat.numel():                     # sparse: ≤ 1 word in 8
             candidates = (words * 8 + torch.arange(8, device=flat.device)).view(-1)
-            where = candidates[flat[candidates]]                    # flat index of every nonzero reward
-            slot = slots.view(-1)[where]                            # 0 off the mask
+            where = candidates.masked_select(flat.index_select(0, candidates))  # flat index of each nonzero reward
+            slot = slots.view(-1).index_select(0, where)            # 0 off the mask
             if not bool(slot.all()):
                 raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
             row = torch.div(where, mask.shape[1], rounding_mode="floor")
-            delta.index_put_((row, slot), rewards.reshape(-1)[where].to(delta.dtype), accumulate=True)
+            value = rewards.reshape(-1).index_select(0, where).to(delta.dtype)
+            delta.index_put_((row, slot), value, accumulate=True)
             return
     if int(torch.gt(nonzero, mask).view(torch.uint8).max()):
         raise ValueError("rewards must be 0 outside action_mask (a reward on a non-action token would be lost)")
