@@ -12,8 +12,8 @@ the OS until it has seen a large block freed; then it raises its mmap threshold 
 its trim threshold to twice that (its "dynamic thresholds"). A training process frees large tensors
 all the time, so the learner runs GAE on a warm heap. A benchmark process that has only ever held a
 few MiB has not got there, and each call of a function that allocates ~8 MiB of temporaries and
-outputs pays first-touch page faults on all of it (~2.5 µs per 4 KiB page in this sandbox, more
-than the arithmetic). :func:`warm_heap` frees one 16 MiB block first, which moves glibc to the
+outputs pays first-touch page faults on all of it (~2 µs per 4 KiB page in this sandbox: ~4 ms a
+call, three times the arithmetic). :func:`warm_heap` frees one 16 MiB block first, which moves glibc to the
 state a training process is in; both sides are then timed in that state (``vectorised_ms``,
 ``python_loop_ms``, ``speedup``, with ``page_faults_per_call`` measured). For the record,
 ``vectorised_cold_heap_ms`` times the vectorised call right after ``malloc_trim(0)``, i.e. with
