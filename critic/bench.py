@@ -108,6 +108,7 @@ def bench_gae(batch: int = 64, seq_len: int = 4096, seed: int = 0, lam: float = 
     def vectorised():
         gae(rewards, values, action_mask, gamma, lam_rows)
 
+    _time_ms(vectorised, 5)  # more warm-up: the heap's free lists settle after a few calls
     faults = _minor_faults()
     vectorised_ms = _time_ms(vectorised, repeats)
     faults = None if faults is None else (_minor_faults() - faults) / repeats
