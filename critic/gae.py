@@ -22,6 +22,7 @@ last action of segment s bootstraps from the first action value of segment s+1).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,6 +117,13 @@ def _chunk_length(discounts: list[float], length: int) -> int:
     return int(LOG_RANGE / log_c)
 
 
+@functools.lru_cache(maxsize=16)
+def _shared_powers(c: float, size: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(c^k, c^{−k}) for k = 0..size−1; cached (the same γλ and chunk recur batch after batch). Never written to."""
+    grow = torch.pow(c, torch.arange(size, dtype=dtype, device=device))
+    return grow, grow.reciprocal()
+
+
 def _row_powers(c: Tensor, size: int) -> Tensor:
     """c_b^k for k = 0..size−1, ``[B, size]``, by doubling: columns [n, 2n) are columns [0, n) times c^n."""
     powers = torch.empty(c.shape[0], size, dtype=c.dtype, device=c.device)
@@ -157,10 +165,10 @@ def discounted_cumsum_(x: Tensor, discount: Tensor) -> Tensor:
     if chunk < min(MIN_CHUNK, length):
         return x.copy_(_blocked_reverse_cumsum(x.flip(1), discount.to(x.device, x.dtype)).flip(1))
     if shared:
-        grow = torch.pow(discounts[0], torch.arange(chunk, dtype=x.dtype, device=x.device))  # c^k, [K]
+        grow, shrink = _shared_powers(discounts[0], chunk, x.dtype, x.device)  # c^k, c^{−k}: [K], read-only
     else:
         grow = _row_powers(discount.to(x.device, x.dtype), chunk)         # c^k, [B, K]
-    shrink = grow.reciprocal()                                            # c^{−k}
+        shrink = grow.reciprocal()                                        # c^{−k}
     if chunk == length:
         return x.mul_(shrink).cumsum_(1).mul_(grow)
     full, rest = divmod(length, chunk)
@@ -267,7 +275,9 @@ def gae(rewards: Tensor, values: Tensor, action_mask: Tensor, gamma: float, lam:
     """
     rows, length = _check_same_2d(rewards=rewards, values=values, action_mask=action_mask)
     device = values.device
-    discount = gamma * _per_row(lam, rows, "lam", device)
+    discount = _per_row(lam, rows, "lam", device)
+    if gamma != 1.0:
+        discount = discount * gamma
     if rows == 0 or length == 0:
         return torch.zeros_like(values), torch.zeros_like(values)
     mask = (action_mask if action_mask.dtype == torch.bool else action_mask.bool()).contiguous()
