@@ -157,8 +157,9 @@ class CriticLearner:
     """Value model: the policy's backbone with a scalar head (token classification, 1 label)."""
 
     def __init__(self, model_path: Path, algo: AlgoConfig, ds: DeepSpeedConfig) -> None:
-        model = AutoModelForTokenClassification.from_pretrained(str(model_path), num_labels=1,
-                                                                local_files_only=True, dtype=torch.float32)
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            str(model_path), num_labels=1, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+        zero_new_value_head(model, set(info["missing_keys"]))
         self.engine = deepspeed_engine(model, algo.critic_lr, algo.weight_decay, algo.grad_clip, ds)
         self.algo = algo
 
@@ -188,6 +189,25 @@ class CriticLearner:
             return loss
         grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
         return {"critic/loss": sums["loss"], "critic/clipfrac": sums["clipfrac"], "critic/grad_norm": grad_norm}
+
+
+def zero_new_value_head(model: torch.nn.Module, missing_keys: set[str]) -> None:
+    """A freshly initialised value head starts at V ≡ 0 (weights and bias zero).
+
+    A random head gives every token a different random value, and with λ ≈ 1 that noise goes
+    straight into A_t ≈ R − V_t; a zero head makes the first advantages R − mean(R) after
+    whitening (REINFORCE with a batch baseline) until the critic has learned something. A head
+    loaded from a critic checkpoint is kept as it is."""
+    children = dict(model.named_children())
+    head_name = next((n for n in ("score", "classifier") if isinstance(children.get(n), torch.nn.Linear)), None)
+    if head_name is None:
+        raise ValueError(f"{type(model).__name__} has no linear value head named 'score' or 'classifier'")
+    if any(k.startswith(head_name + ".") for k in missing_keys):
+        head = children[head_name]
+        with torch.no_grad():
+            head.weight.zero_()
+            if head.bias is not None:
+                head.bias.zero_()
 
 
 @dataclass

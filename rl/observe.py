@@ -63,6 +63,8 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         self.history.append({"step": step, **metrics})
+        with (self.run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step + 1, **metrics}) + "\n")
         self.run.log({**metrics, "train/step": step + 1})
         if self.live is not None:
             self.live.update(self._table())

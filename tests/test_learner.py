@@ -94,3 +94,16 @@ def test_ppo_steps_learn_and_stay_finite(model_dir):
     delta = (new - batch.behavior_logprobs)[rows, first_action]
     rewarded = batch.rewards > 0
     assert delta[rewarded].mean() > delta[~rewarded].mean()
+
+
+def test_a_new_value_head_starts_at_zero_and_a_trained_one_is_kept(model_dir, tmp_path):
+    algo, ds = AlgoConfig(critic_lr=3e-3, micro_batch_tokens=64), DeepSpeedConfig(zero_stage=0)
+    batch = collate(make_trajectories(4, 5), pad_token_id=0)
+    critic = CriticLearner(model_dir, algo, ds)  # from a causal LM: the head is new
+    assert torch.count_nonzero(critic.values(batch)) == 0
+    critic.step(batch, torch.zeros_like(batch.action_mask), batch.action_mask)  # fit towards 1
+    trained = critic.values(batch)
+    assert torch.count_nonzero(trained) > 0
+    critic.engine.module.save_pretrained(str(tmp_path))
+    reloaded = CriticLearner(tmp_path, algo, ds)  # a critic checkpoint: its head is kept
+    assert torch.allclose(reloaded.values(batch), trained)
