@@ -124,6 +124,15 @@ class TaskSampler:
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 
+    def load_state(self, state: dict) -> None:
+        """Continue from a position `state()` returned (same tasks and seed): the next batch is the
+        one the saved sampler would have drawn."""
+        epoch, pos = int(state["epoch"]), int(state["pos"])
+        if epoch < 0 or not 0 <= pos <= len(self.tasks):
+            raise ValueError(f"sampler position epoch={epoch} pos={pos} is outside 0..{len(self.tasks)} tasks")
+        self.epoch, self.pos = epoch, pos
+        self.order = self._order()
+
 
 def rollout_metrics(trajectories: list[Trajectory]) -> dict:
     """Per-step rollout statistics for the console and wandb."""
