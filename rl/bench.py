@@ -5,14 +5,17 @@
     horizonrl-bench sandbox      local sandbox tool-call latency, start time, sandboxes alive at once
     horizonrl-bench engine       hf engine sampling throughput (tokens/s) on the default policy shape
     horizonrl-bench learner      DeepSpeed policy training throughput (tokens/s)
+    horizonrl-bench async        the same PPO steps with orchestrator=sync, then async: wall time, speedup
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,6 +72,134 @@ def bench_learner(batch: int, seq_len: int, hidden: int, layers: int, steps: int
             "threads": threads}
 
 
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system, reaped children included) of `root` and all its descendants now
+    (the Ray head, engine and rollout workers all descend from the bench process)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        kids = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(kids)
+        frontier += kids
+    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidden: int, layers: int,
+                max_turns: int, max_new_tokens: int, demo_tasks: int, sft_steps: int, threads: int) -> dict:
+    """`steps` critic-PPO learner steps of `episodes` trajectories each, run with the sync source, then
+    with the async one (same policy, same tasks, same real learner step, same pushes every step).
+
+    The policy is the default architecture at the given size with a short SFT warm start on scripted
+    demonstrations, so episodes make real tool calls in real sandboxes. The engine and the learner
+    get `threads` threads each (the learner runs in this process). Each mode gets a fresh Ray
+    cluster and a fresh learner, warmed up by one untimed rollout + learner step; the timed part
+    starts with an empty rollout pipeline and ends after the last learner step and weight push."""
+    from antihack.guard import GuardConfig
+    from envs.suite import builtin_suite
+    from rl.async_rollout import AsyncConfig, AsyncRolloutSource, SyncRolloutSource, start_rollout_worker
+    from rl.batch import collate, trainable
+    from rl.config import (AlgoConfig, DeepSpeedConfig, EngineConfig, ModelConfig, RolloutConfig, SamplingConfig,
+                           SFTConfig, TrainConfig)
+    from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
+    from rl.orchestrator import RolloutCluster, TaskSampler
+    from rl.warm_start import build_default_policy, demonstrations, sft_warm_start
+    from rollout.agent import AgentConfig
+    from rollout.tokenizer import load_tokenizer
+    from rollout.trajectory import Status
+
+    import ray
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    algo = AlgoConfig(critic_warmup_steps=0)
+    ds = DeepSpeedConfig()
+    init_distributed(ds)
+    cfg = TrainConfig(engine=EngineConfig(num_threads=threads), agent=AgentConfig(max_turns=max_turns),
+                      sampling=SamplingConfig(max_new_tokens=max_new_tokens), algo=algo, antihack=GuardConfig(),
+                      rollout=RolloutConfig(num_workers=2, max_concurrent_per_worker=max(buffer, episodes),
+                                            episodes_per_step=episodes))
+    train_tasks = [t for t in builtin_suite(0) if t.split == "train"]
+    with tempfile.TemporaryDirectory() as tmp:
+        demos = demonstrations(train_tasks[:demo_tasks], cfg.env, threads=2)
+        model = ModelConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.6875), num_layers=layers)
+        base = build_default_policy(model, demos, Path(tmp) / "base", 0)
+        tokenizer = load_tokenizer(base)
+        t0 = time.perf_counter()
+        policy = sft_warm_start(base, demos, tokenizer, SFTConfig(steps=sft_steps, batch_size=16, lr=2e-3), algo, ds,
+                                Path(tmp) / "sft", 0)
+        sft_s = time.perf_counter() - t0
+
+        def run(mode: str) -> dict:
+            cluster = RolloutCluster(str(policy), tokenizer, cfg)
+            learner = PPOLearner(PolicyLearner(policy, algo.policy_lr, algo, ds, 1.0), CriticLearner(policy, algo, ds),
+                                 algo)
+            sampler = TaskSampler(train_tasks, 0)
+            start_worker = partial(start_rollout_worker, cluster.engine, str(policy), cfg)
+            warm = SyncRolloutSource(cluster, TaskSampler(train_tasks, 1), start_worker, id_prefix="warm")
+            learner.train_step(collate(trainable(warm.next_batch(4, 0).trajectories), tokenizer.pad_token_id))
+            cluster.push_weights(learner.policy.state_dict(), 0)
+            source = (SyncRolloutSource(cluster, sampler, start_worker) if mode == "sync" else
+                      AsyncRolloutSource(cluster, sampler, AsyncConfig(buffer_size=buffer, max_staleness=max_staleness),
+                                         start_worker))
+            learner_s, push_s, waits, trajectories, metrics, staleness = 0.0, 0.0, [], [], {}, []
+            cpu0, t0 = _tree_cpu_s(os.getpid()), time.perf_counter()
+            for step in range(steps):
+                batch = source.next_batch(episodes, learner_version=step)
+                t1 = time.perf_counter()
+                learner.train_step(collate(trainable(batch.trajectories), tokenizer.pad_token_id))
+                t2 = time.perf_counter()
+                if source.should_push(step + 1):
+                    source.push_weights(learner.policy.state_dict(), step + 1)
+                learner_s += t2 - t1
+                push_s += time.perf_counter() - t2
+                waits.append(batch.metrics["orchestrator/wait_s"])
+                trajectories += batch.trajectories
+                metrics = batch.metrics
+                staleness.append(metrics["orchestrator/staleness_mean"])
+            seconds, cpu_s = time.perf_counter() - t0, _tree_cpu_s(os.getpid()) - cpu0
+            source.close()
+            cluster.shutdown()
+            n = len(trajectories)
+            return {"seconds": seconds, "cpu_s": cpu_s, "rollout_wait_s": sum(waits), "learner_s": learner_s,
+                    "push_s": push_s, "wait_per_step": [round(w, 2) for w in waits],
+                    "dropped_stale": metrics["orchestrator/dropped_stale_total"] if mode == "async" else 0.0,
+                    "staleness_mean": sum(staleness) / len(staleness),
+                    "turns_mean": sum(t.num_turns for t in trajectories) / n,
+                    "tool_calls_mean": sum(t.num_turns - t.parse_errors for t in trajectories) / n,
+                    "action_tokens_mean": sum(t.num_action_tokens for t in trajectories) / n,
+                    "submitted": sum(t.status == Status.SUBMITTED for t in trajectories) / n,
+                    "env_errors": sum(t.status == Status.ENV_ERROR for t in trajectories) / n}
+
+        load_before = os.getloadavg()[0]
+        sync = run("sync")
+        ray.shutdown()
+        asyn = run("async")
+        ray.shutdown()
+    return {"steps": steps, "episodes_per_step": episodes, "sync_s": round(sync["seconds"], 2),
+            "async_s": round(asyn["seconds"], 2), "speedup": round(sync["seconds"] / asyn["seconds"], 3),
+            "dropped_stale": int(asyn["dropped_stale"]), "async_staleness_mean": round(asyn["staleness_mean"], 3),
+            "sync_rollout_s": round(sync["rollout_wait_s"], 2), "sync_learner_s": round(sync["learner_s"], 2),
+            "sync_push_s": round(sync["push_s"], 2), "async_rollout_wait_s": round(asyn["rollout_wait_s"], 2),
+            "async_learner_s": round(asyn["learner_s"], 2), "async_push_s": round(asyn["push_s"], 2),
+            "async_wait_per_step": asyn["wait_per_step"], "sync_cpu_s": round(sync["cpu_s"], 1),
+            "async_cpu_s": round(asyn["cpu_s"], 1),
+            "buffer_size": buffer, "max_staleness": max_staleness, "hidden": hidden, "layers": layers,
+            "max_turns": max_turns, "max_new_tokens": max_new_tokens, "sft_steps": sft_steps, "sft_s": round(sft_s, 1),
+            "engine_threads": threads, "learner_threads": threads, "cpus": os.cpu_count(),
+            "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
+            "episodes": {mode: {k: round(v, 3) for k, v in r.items() if k in (
+                "turns_mean", "tool_calls_mean", "action_tokens_mean", "submitted", "env_errors")}
+                for mode, r in (("sync", sync), ("async", asyn))}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="horizonrl-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,6 +212,18 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--calls", type=int, default=10_000)
     sb = sub.add_parser("sandbox")
     sb.add_argument("--max-live", type=int, default=512)
+    ab = sub.add_parser("async")
+    ab.add_argument("--steps", type=int, default=8)
+    ab.add_argument("--episodes", type=int, default=16)
+    ab.add_argument("--buffer", type=int, default=32)
+    ab.add_argument("--max-staleness", type=int, default=4)
+    ab.add_argument("--hidden", type=int, default=128)
+    ab.add_argument("--layers", type=int, default=2)
+    ab.add_argument("--max-turns", type=int, default=4)
+    ab.add_argument("--max-new-tokens", type=int, default=64)
+    ab.add_argument("--demo-tasks", type=int, default=48)
+    ab.add_argument("--sft-steps", type=int, default=120)
+    ab.add_argument("--threads", type=int, default=1)
     for name in ("engine", "learner"):
         p = sub.add_parser(name)
         p.add_argument("--batch", type=int, default=32)
@@ -104,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         from envs.bench import bench_sandbox
 
         result = bench_sandbox(max_live=args.max_live)
+    elif args.what == "async":
+        result = bench_async(args.steps, args.episodes, args.buffer, args.max_staleness, args.hidden, args.layers,
+                             args.max_turns, args.max_new_tokens, args.demo_tasks, args.sft_steps, args.threads)
     elif args.what == "engine":
         result = bench_engine(args.batch, args.seq_len, args.new_tokens, args.hidden, args.layers, args.threads)
     else:

@@ -100,5 +100,11 @@ class RolloutWorker:
         self._use_executor()
         return list(await asyncio.gather(*(self.run_episode(t, rid, sampling) for t, rid in jobs)))
 
+    async def run_one(self, task: Task, rollout_id: str, sampling: SamplingParams) -> Trajectory:
+        """One episode as its own Ray call: the asynchronous orchestrator keeps many of these in
+        flight and collects each one as soon as it finishes."""
+        self._use_executor()
+        return await self.run_episode(task, rollout_id, sampling)
+
     async def ping(self) -> bool:
         return True
