@@ -250,6 +250,9 @@ class SyncRolloutSource:
     def push_weights(self, state: dict, version: int) -> None:
         self.cluster.push_weights(state, version)
 
+    def wait_for_push(self) -> None:
+        """Pushes are synchronous here; the same call as the async source's."""
+
     def close(self) -> None:
         self.pool.cancel_all()
 
