@@ -56,27 +56,10 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from envs.tasks import Task
-from rl.config import TrainConfig
+from rl.config import AsyncConfig, TrainConfig
 from rl.orchestrator import RolloutCluster, TaskSampler
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutWorker
-
-
-@dataclass
-class AsyncConfig:
-    """The asynchronous orchestrator (``orchestrator=async``)."""
-
-    buffer_size: int = 128   # episodes in flight at all times (running + finished, not yet taken); all of them
-    #                          keep generating while the learner trains. 2x the episodes per step hid the rollout
-    #                          time in `horizonrl-bench async`; more adds staleness
-    max_staleness: int = 4   # drop a trajectory whose oldest token is more than this many versions behind
-    push_every: int = 1      # push the policy's weights to the engines every this many learner steps
-    max_attempts: int = 3    # runs of one episode whose worker died before the source gives up
-
-    def __post_init__(self) -> None:
-        if self.buffer_size < 1 or self.max_staleness < 0 or self.push_every < 1 or self.max_attempts < 1:
-            raise ValueError(f"async: buffer_size >= 1, max_staleness >= 0, push_every >= 1 and max_attempts >= 1 "
-                             f"are required (got {self})")
 
 
 @dataclass
@@ -169,10 +152,16 @@ class EpisodePool:
         return finished
 
     def cancel_all(self) -> list[Episode]:
-        """Cancel every running episode; returns them."""
+        """Stop every running episode; returns them.
+
+        A worker with episodes still running is killed and replaced: `ray.cancel` on tasks of a
+        threaded actor leaves the actor's ordered queue waiting for the cancelled calls, and the
+        next call to that worker (the held-out evaluation) would hang."""
         episodes = [run.episode for run in self.running.values()]
-        for ref in self.running:
-            ray.cancel(ref)
+        for slot in sorted({run.slot for run in self.running.values()}):
+            ray.kill(self.cluster.workers[slot])
+            self.cluster.workers[slot] = self.start_worker()
+            self.generations[slot] += 1
         self.running.clear()
         self.load = [0] * len(self.load)
         return episodes
@@ -333,3 +322,16 @@ class AsyncRolloutSource:
         self.pusher.shutdown()
         self.pool.cancel_all()
         self.finished.clear()
+
+
+def rollout_source(cfg: TrainConfig, cluster: RolloutCluster, sampler: TaskSampler, policy_path: str,
+                   audit_path: str | None = None, run_name: str = ""):
+    """The train loop's source of trajectories: `orchestrator=sync` or `async` (same calls)."""
+    def start_worker() -> ActorHandle:
+        return start_rollout_worker(cluster.engine, policy_path, cfg, audit_path, run_name)
+
+    if cfg.orchestrator == "async":
+        source = AsyncRolloutSource(cluster, sampler, cfg.async_rollout, start_worker)
+        source.start()
+        return source
+    return SyncRolloutSource(cluster, sampler, start_worker)

@@ -70,6 +70,13 @@ class SFTConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 5
+    # The share of the training tasks whose demonstrations make the warm start; RL then samples only
+    # the other tasks, so it practises on problems the policy has not memorised (1.0 = all, shared).
+    task_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.task_fraction <= 1.0:
+            raise ValueError(f"sft.task_fraction must be in (0, 1], got {self.task_fraction}")
 
 
 @dataclass
@@ -111,6 +118,29 @@ class EvalConfig:
 
 
 @dataclass
+class AsyncConfig:
+    """The asynchronous orchestrator (``orchestrator=async``)."""
+
+    buffer_size: int = 128   # episodes in flight at all times (running + finished, not yet taken); all of them
+    #                          keep generating while the learner trains. 2x the episodes per step hid the rollout
+    #                          time in `horizonrl-bench async`; more adds staleness
+    max_staleness: int = 4   # drop a trajectory whose oldest token is more than this many versions behind
+    push_every: int = 1      # push the policy's weights to the engines every this many learner steps
+    max_attempts: int = 3    # runs of one episode whose worker died before the source gives up
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1 or self.max_staleness < 0 or self.push_every < 1 or self.max_attempts < 1:
+            raise ValueError(f"async: buffer_size >= 1, max_staleness >= 0, push_every >= 1 and max_attempts >= 1 "
+                             f"are required (got {self})")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0                     # save every N steps (0 = only at the end); see rl/checkpoint.py
+    keep: int = 2                      # complete checkpoints kept
+
+
+@dataclass
 class LoggingConfig:
     wandb_mode: str = "offline"        # offline | online | disabled
     wandb_project: str = "horizonrl"
@@ -123,6 +153,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 30
     orchestrator: str = "sync"
+    resume: Optional[str] = None       # a checkpoint dir (or a checkpoints root with `latest`) to continue from
     learner_threads: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -135,6 +166,8 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    async_rollout: AsyncConfig = field(default_factory=AsyncConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     antihack: GuardConfig = field(default_factory=GuardConfig)
     sglang: SGLangConfig = field(default_factory=SGLangConfig)
@@ -145,7 +178,8 @@ CHOICES = {
     "engine.type": ("hf", "sglang"),
     "env.backend": ("local",),
     "algo.gae_mode": ("crl", "boot"),
-    "orchestrator": ("sync",),
+    "agent.compaction": ("none", "summary", "rule"),
+    "orchestrator": ("sync", "async"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

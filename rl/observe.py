@@ -16,13 +16,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from rl.config import LoggingConfig
+from rl.checkpoint import POLICY_HF
+from rl.config import LoggingConfig, TrainConfig
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
-                "policy/entropy", "policy/masked_fraction", "perf/tokens_per_s", "perf/step_s")
+                "policy/entropy", "policy/masked_fraction", "orchestrator/wait_s", "perf/step_s")
 
 
 class RunLogger:
@@ -114,3 +115,19 @@ class RunLogger:
                     table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
             self.console.print(table)
         return path
+
+
+def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Path | None, rl_wall_time_s: float) -> dict:
+    """summary.json: the held-out pass rate before and after RL (both `EvalResult`s), timings, paths."""
+    return {
+        "experiment": cfg.experiment, "steps": cfg.steps,
+        "heldout_pass_rate_before_rl": before.pass_rate, "heldout_pass_rate_after_rl": after.pass_rate,
+        "heldout_gain_points": 100 * (after.pass_rate - before.pass_rate),
+        "heldout_per_family_before": before.per_family, "heldout_per_family_after": after.per_family,
+        "heldout_episodes": after.episodes, "rl_wall_time_s": rl_wall_time_s,
+        "wall_time_s": time.time() - log.started, "wandb_dir": log.wandb_dir,
+        "checkpoint_dir": str(checkpoint / POLICY_HF) if checkpoint is not None else "",
+        "resume_checkpoint": str(checkpoint) if checkpoint is not None else "",
+        "plot": str(log.run_dir / "pass_rate.png"), "metrics": str(log.run_dir / "metrics.jsonl"),
+        "final_metrics": log.history[-1] if log.history else {},
+    }

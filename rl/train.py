@@ -3,6 +3,7 @@
     horizonrl-train                      # the CPU demo (experiment=cpu_demo)
     horizonrl-train experiment=quick     # a small run for tests
     horizonrl-train model.path=/ckpt     # any local Hugging Face checkpoint
+    horizonrl-train resume=runs/<run>/checkpoints   # continue a run exactly where it stopped
 
 The whole run is one visible loop; the machinery lives in the packages.
 """
@@ -18,12 +19,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from envs.suite import load_suite
+from rl.async_rollout import rollout_source
 from rl.batch import collate, trainable
+from rl.checkpoint import POLICY_HF, load_checkpoint, resolve_checkpoint, save_checkpoint
 from rl.config import register_configs, to_train_config
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
-from rl.observe import RunLogger
+from rl.observe import RunLogger, run_summary
 from rl.orchestrator import RolloutCluster, TaskSampler, evaluate, rollout_metrics
-from rl.warm_start import build_default_policy, demonstrations, sft_warm_start
+from rl.warm_start import build_default_policy, demonstrations, sft_warm_start, split_for_warm_start
 from rollout.tokenizer import load_tokenizer
 
 register_configs()
@@ -38,17 +41,19 @@ def main(raw: DictConfig) -> None:
     torch.set_num_threads(cfg.learner_threads)
     init_distributed(cfg.deepspeed)
     train_tasks, heldout = load_suite(cfg.suite, "train"), load_suite(cfg.suite, "heldout")
-    log.phase(f"suite: {len(train_tasks)} train tasks, {len(heldout)} held-out tasks")
+    warm_tasks, rl_tasks = split_for_warm_start(train_tasks, cfg.sft.task_fraction, cfg.seed)
+    log.phase(f"suite: {len(warm_tasks)} warm-start / {len(rl_tasks)} RL train tasks, {len(heldout)} held-out")
 
-    # 1. The policy: a local checkpoint, or the default built from config + an SFT warm start.
-    demos = demonstrations(train_tasks, cfg.env)
-    base = Path(cfg.model.path) if cfg.model.path else build_default_policy(cfg.model, demos, run_dir / "base", cfg.seed)
-    tokenizer = load_tokenizer(base)
-    policy_path = base
-    if cfg.sft.enabled:
+    # 1. The policy: a checkpoint to resume, a local model, or the default built from config + SFT warm start.
+    resume = resolve_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    demos = demonstrations(warm_tasks, cfg.env) if resume is None and (cfg.sft.enabled or not cfg.model.path) else []
+    policy_path = (resume / POLICY_HF if resume is not None else Path(cfg.model.path) if cfg.model.path
+                   else build_default_policy(cfg.model, demos, run_dir / "base", cfg.seed))
+    tokenizer = load_tokenizer(policy_path)
+    if cfg.sft.enabled and resume is None:
         log.phase(f"SFT warm start: {cfg.sft.steps} steps on {len(demos)} scripted demonstrations")
-        policy_path = sft_warm_start(base, demos, tokenizer, cfg.sft, cfg.algo, cfg.deepspeed, run_dir / "sft",
-                                     cfg.seed, on_step=lambda s, m: log.log_warm_start(s, cfg.sft.steps, m))
+        policy_path = sft_warm_start(policy_path, demos, tokenizer, cfg.sft, cfg.algo, cfg.deepspeed,
+                                     run_dir / "sft", cfg.seed, on_step=lambda s, m: log.log_warm_start(s, cfg.sft.steps, m))
 
     # 2. Engines and rollout workers (Ray), the held-out pass rate before RL.
     cluster = RolloutCluster(str(policy_path), tokenizer, cfg, str(run_dir / "audit.sqlite"), run_dir.name)
@@ -56,41 +61,36 @@ def main(raw: DictConfig) -> None:
     before = evaluate(cluster, eval_tasks, cfg.eval.samples_per_task, "before")
     log.phase(f"held-out pass rate before RL: {before.pass_rate:.3f} ({before.episodes} episodes)")
 
-    # 3. Critic PPO: rollout -> train -> push weights, every step.
+    # 3. Critic PPO: rollout -> train -> push weights, every step; a checkpoint every `checkpoint.every`.
     learner = PPOLearner(PolicyLearner(policy_path, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed, cfg.sampling.temperature),
                          CriticLearner(policy_path, cfg.algo, cfg.deepspeed), cfg.algo)
-    sampler = TaskSampler(train_tasks, cfg.seed)
-    ema, started = before.pass_rate, time.time()
-    for step in range(cfg.steps):
+    sampler, start, ema, checkpoint = TaskSampler(rl_tasks, cfg.seed), 0, before.pass_rate, resume
+    if resume is not None:
+        state = load_checkpoint(resume, learner, sampler)
+        start, log.history, ema = state.step, state.metrics_history, state.extra["ema"]
+        log.phase(f"resumed from {resume} at step {start}")
+    source, started = rollout_source(cfg, cluster, sampler, str(policy_path), str(run_dir / "audit.sqlite"), run_dir.name), time.time()
+    for step in range(start, cfg.steps):
         t0 = time.time()
-        tasks = sampler.next_batch(cfg.rollout.episodes_per_step)
-        trajectories = cluster.rollout(tasks, [f"train-{step}-{i}" for i in range(len(tasks))])
-        t_rollout = time.time() - t0
-        metrics = learner.train_step(collate(trainable(trajectories), tokenizer.pad_token_id))
-        cluster.push_weights(learner.policy.state_dict(), version=step + 1)
-        rm = rollout_metrics(trajectories)
+        batch = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)  # sync: run now; async: buffered
+        metrics = learner.train_step(collate(trainable(batch.trajectories), tokenizer.pad_token_id))
+        if source.should_push(step + 1):
+            source.push_weights(learner.policy.state_dict(), version=step + 1)
+        rm = rollout_metrics(batch.trajectories)
         ema = 0.8 * ema + 0.2 * rm["rollout/pass_rate"]
-        step_s = time.time() - t0
-        log.log(step, metrics | rm | {"rollout/pass_rate_ema": ema, "perf/step_s": step_s, "perf/rollout_s": t_rollout,
-                                      "perf/tokens_per_s": rm["rollout/action_tokens"] * len(tasks) / t_rollout,
-                                      "weights/version": step + 1})
+        log.log(step, metrics | rm | batch.metrics | {"rollout/pass_rate_ema": ema, "perf/step_s": time.time() - t0,
+                                                      "weights/version": step + 1})
+        if step + 1 == cfg.steps or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
+            checkpoint = save_checkpoint(run_dir / "checkpoints", step + 1, learner, sampler, version=step + 1,
+                                         metrics_history=log.history, extra={"ema": ema}, keep=cfg.checkpoint.keep,
+                                         tokenizer=tokenizer)
+    source.close()
 
-    # 4. The held-out pass rate after RL, the checkpoint, the summary.
+    # 4. The held-out pass rate after RL, the summary; the run directory is the last line printed.
     after = evaluate(cluster, eval_tasks, cfg.eval.samples_per_task, "after")
     log.phase(f"held-out pass rate after RL: {after.pass_rate:.3f} ({after.episodes} episodes)")
-    checkpoint_dir = run_dir / "checkpoints" / f"step_{cfg.steps}"
-    learner.policy.save_pretrained(checkpoint_dir, tokenizer)
     log.plot(run_dir / "pass_rate.png", before.pass_rate, after.pass_rate)
-    log.finish({
-        "experiment": cfg.experiment, "steps": cfg.steps,
-        "heldout_pass_rate_before_rl": before.pass_rate, "heldout_pass_rate_after_rl": after.pass_rate,
-        "heldout_gain_points": 100 * (after.pass_rate - before.pass_rate),
-        "heldout_per_family_before": before.per_family, "heldout_per_family_after": after.per_family,
-        "heldout_episodes": after.episodes, "rl_wall_time_s": time.time() - started,
-        "wall_time_s": time.time() - log.started, "wandb_dir": log.wandb_dir,
-        "checkpoint_dir": str(checkpoint_dir), "plot": str(run_dir / "pass_rate.png"),
-        "final_metrics": log.history[-1] if log.history else {},
-    })
+    log.finish(run_summary(cfg, before, after, log, checkpoint, rl_wall_time_s=time.time() - started))
     cluster.shutdown()
     print(run_dir.resolve())
 

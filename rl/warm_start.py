@@ -42,6 +42,21 @@ class Demonstration:
         return "".join(parts)
 
 
+def split_for_warm_start(tasks: list[Task], fraction: float, seed: int) -> tuple[list[Task], list[Task]]:
+    """(warm-start tasks, RL tasks): a seeded `fraction` of each family for the demonstrations and
+    the rest for RL; with fraction 1 both are all of `tasks`."""
+    if fraction >= 1.0:
+        return list(tasks), list(tasks)
+    warm, rl = [], []
+    for family in sorted({t.family for t in tasks}):
+        members = [t for t in tasks if t.family == family]
+        random.Random(f"{seed}-{family}").shuffle(members)
+        cut = max(1, min(len(members) - 1, round(fraction * len(members))))
+        warm += members[:cut]
+        rl += members[cut:]
+    return warm, rl
+
+
 def demonstration(task: Task, env_cfg: EnvConfig) -> Demonstration:
     """Run the scripted solver on `task` in a real sandbox; the result must pass its grade."""
     with make_env(task, env_cfg) as env:

@@ -113,6 +113,22 @@ def test_sync_and_async_return_the_requested_count_and_env_errors_once(make_clus
     assert source.in_flight == 0
 
 
+def test_workers_take_new_work_after_close_with_episodes_queued_on_them(make_cluster):
+    """Held-out evaluation comes right after close(). With more episodes in flight than a worker
+    has slots, some wait on the worker's semaphore when the source closes; cancelling them used to
+    leave the workers stuck and the evaluation hung."""
+    cluster, start_worker = make_cluster(max_turns=6)
+    source = AsyncRolloutSource(cluster, TaskSampler(TASKS, seed=0), AsyncConfig(buffer_size=24), start_worker)
+    source.next_batch(2, learner_version=0)
+    assert len(source.pool) > 2 * 8                       # more than the 2 workers' 8 slots each
+    source.close()
+    refs = [w.run_episodes.remote([(TASKS[5], f"after-close-{k}")], cluster.sampling)
+            for k, w in enumerate(cluster.workers)]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=120)
+    assert len(done) == len(refs)
+    assert [ray.get(r)[0].rollout_id for r in refs] == ["after-close-0", "after-close-1"]
+
+
 def test_stale_trajectories_are_dropped_and_counted(make_cluster, policy_dir):
     cluster, start_worker = make_cluster()
     source = AsyncRolloutSource(cluster, TaskSampler(TASKS, seed=0), AsyncConfig(buffer_size=6, max_staleness=4),

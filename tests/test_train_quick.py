@@ -59,3 +59,22 @@ def test_checkpoint_loads_with_from_pretrained(quick_run):
     model = load_causal_lm(ckpt)
     tokenizer = load_tokenizer(ckpt)
     assert model.config.vocab_size == len(tokenizer)
+
+
+def test_resume_continues_from_the_checkpoint_with_the_async_orchestrator(quick_run, tmp_path):
+    """`resume=<checkpoints>` picks up the finished quick run at its last step (weights, optimiser,
+    sampler, metrics history) and trains two more steps with `orchestrator=async`."""
+    run_dir, _ = quick_run
+    first = json.loads((run_dir / "summary.json").read_text())
+    exe = Path(sys.executable).with_name("horizonrl-train")
+    proc = subprocess.run([str(exe), "experiment=quick", f"resume={run_dir / 'checkpoints'}", "steps=6",
+                           "orchestrator=async", "async_rollout.buffer_size=24", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"at step {first['steps']}" in proc.stdout
+    resumed = json.loads((tmp_path / "summary.json").read_text())
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 6]  # only the new steps were trained
+    assert resumed["final_metrics"]["weights/version"] == 6
+    assert "orchestrator/dropped_stale" in resumed["final_metrics"]
+    assert Path(resumed["checkpoint_dir"]).is_dir()
