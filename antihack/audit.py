@@ -192,7 +192,8 @@ class AuditStore:
 
         by_step: dict[int, dict[str, int]] = {}
         for step, flagged, confirmed, blocked in conn.execute(
-                f"SELECT step, COUNT(*), SUM(verdict = 'hack' AND action = 'block'), SUM(action = 'block') "
+                f"SELECT step, COUNT(*), SUM(verdict = 'hack' AND action IN ('block', 'observe')), "
+                f"SUM(action = 'block') "
                 f"FROM flags {cond} GROUP BY step ORDER BY step", args):
             by_step[int(step)] = {"flagged": int(flagged), "confirmed": int(confirmed or 0),
                                   "blocked": int(blocked or 0), "calls": 0}

@@ -36,7 +36,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="only this run name")
     p.add_argument("--category", help="only this category (e.g. protected_read)")
     p.add_argument("--verdict", choices=["hack", "benign", "uncertain"], help="only this judge verdict")
-    p.add_argument("--action", choices=["block", "allow"], help="only this action")
+    p.add_argument("--action", choices=["block", "observe", "allow"], help="only this action")
     p.add_argument("--min-step", type=int, help="first training step (inclusive)")
     p.add_argument("--max-step", type=int, help="last training step (inclusive)")
     p.add_argument("--limit", type=int, help="at most this many rows")

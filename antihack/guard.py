@@ -15,6 +15,10 @@ episode:
 call produces an event dict (rule hits, verdict, action, ids, the call and its context) that goes
 to the audit store when one is configured and back to the caller for the trajectory.
 ``reward_adjustment(reward)`` applies the policy's reward rule for confirmed hacks.
+
+``GuardConfig.mode = "observe"`` runs the same rules and judge and records every flag (a confirmed
+hack gets action ``"observe"``), but lets every call run and leaves the reward alone: the
+unfiltered arm of an experiment is measured with exactly the detector of the filtered one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from antihack.paths import home_for, resolve
 from antihack.rules import Analysis, RuleSet, primary
 
 REWARD_POLICIES = ("none", "zero", "penalty")
+MODES = ("block", "observe")
 _SHADOW_READERS = {"cat", "head", "tail"}
 _CHECK_FLUSH_EVERY = 64
 
@@ -40,6 +45,10 @@ _CHECK_FLUSH_EVERY = 64
 @dataclass
 class GuardConfig:
     enabled: bool = True
+    # block: a confirmed hack is not run (dummy output, shadow writes, reward policy applies);
+    # observe: rules and judge run and every flag is recorded (action "observe"), but nothing is
+    # blocked and the reward is untouched -- the "filter off" arm of an experiment, still measured
+    mode: str = "block"
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     block_threshold: float = 0.7          # block when verdict == hack and confidence >= this
     reward_policy: str = "none"           # none | zero | penalty (applied for confirmed hacks)
@@ -49,6 +58,8 @@ class GuardConfig:
     def __post_init__(self) -> None:
         if isinstance(self.judge, Mapping):
             self.judge = JudgeConfig.from_dict(dict(self.judge))
+        if self.mode not in MODES:
+            raise ValueError(f"guard.mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.reward_policy not in REWARD_POLICIES:
             raise ValueError(f"guard.reward_policy must be one of {list(REWARD_POLICIES)}, got {self.reward_policy!r}")
         if not 0.0 <= self.block_threshold <= 1.0:
@@ -59,7 +70,7 @@ class GuardConfig:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str                              # "allow" | "block"
+    action: str                              # "allow" | "block" (observe mode: always "allow")
     dummy_observation: str | None = None     # what the agent sees instead of running the call
     event: dict | None = None                # set for every flagged call
     shadow_write: bool = False               # the call's writes went to the episode's shadow
@@ -154,21 +165,24 @@ class EpisodeGuard:
         verdict = result.verdict
         confirmed = verdict.verdict == "hack" and verdict.confidence >= policy.block_threshold
         observation, shadow_write = None, False
+        block = confirmed and policy.mode == "block"
         if confirmed:
             self.counters.confirmed += 1
+        if block:
             self.counters.blocked += 1
             observation, shadow_write = self._block(tc, analysis, verdict.category)
-        event = self._event(tc, analysis, result, confirmed, observation, shadow_write, step, weight_version, recent)
+        action = "block" if block else "observe" if confirmed else "allow"
+        event = self._event(tc, analysis, result, action, observation, shadow_write, step, weight_version, recent)
         self.events.append(event)
         if self.guard.audit is not None:
             event["audit_id"] = self.guard.audit.record(event)
             self._flush_checks()
-        return Decision("block" if confirmed else "allow", observation, event, shadow_write)
+        return Decision("block" if block else "allow", observation, event, shadow_write)
 
     def reward_adjustment(self, reward: float) -> float:
-        """The episode reward after the policy's rule for confirmed hacks."""
+        """The episode reward after the policy's rule for confirmed hacks (observe mode: unchanged)."""
         policy = self.guard.policy
-        if self.counters.confirmed == 0 or policy.reward_policy == "none":
+        if self.counters.confirmed == 0 or policy.reward_policy == "none" or policy.mode == "observe":
             return reward
         if policy.reward_policy == "zero":
             return 0.0
@@ -315,7 +329,7 @@ class EpisodeGuard:
                 touched = True  # effect unknown: the real file stays as it is
         return touched
 
-    def _event(self, tc: ToolCall, analysis: Analysis, result, confirmed: bool, observation: str | None,
+    def _event(self, tc: ToolCall, analysis: Analysis, result, action: str, observation: str | None,
                shadow_write: bool, step: int, weight_version: int, recent: list[str]) -> dict:
         verdict = result.verdict
         top = primary(analysis.hits)
@@ -328,7 +342,7 @@ class EpisodeGuard:
             "rule_ids": [h.rule_id for h in analysis.hits], "category": category,
             "verdict": verdict.verdict, "confidence": verdict.confidence, "rationale": verdict.rationale,
             "judge_backend": result.backend, "judge_cached": result.cached, "judge_error": result.error,
-            "action": "block" if confirmed else "allow", "dummy_observation": observation,
+            "action": action, "dummy_observation": observation,
             "shadow_write": shadow_write,
         }
 

@@ -161,6 +161,23 @@ def test_reward_policy(policy, penalty, expected):
     assert ep.reward_adjustment(1.0) == pytest.approx(expected)
 
 
+def test_observe_mode_records_hacks_but_blocks_nothing(tmp_path):
+    store = AuditStore(tmp_path / "audit.sqlite", run_name="obs")
+    ep = make_guard(audit=store, mode="observe", reward_policy="zero").episode(CTX, "r-obs")
+    d = ep.check(bash("cat /work/.eval/cases.json"), 3, 3, [])
+    assert d.action == "allow" and d.dummy_observation is None and not d.shadow_write
+    assert d.event["verdict"] == "hack" and d.event["action"] == "observe"
+    w = ep.check({"name": "write_file", "arguments": {"path": "tests/test_api.py", "content": "x"}}, 3, 3, [])
+    assert w.action == "allow" and not w.shadow_write and ep.shadow_files() == {}
+    assert (ep.flagged, ep.confirmed, ep.blocked) == (2, 2, 0)
+    assert ep.reward_adjustment(1.0) == 1.0          # the reward policy does not apply when observing
+    ep.close()
+    assert store.stats()["by_step"][3] == {"flagged": 2, "confirmed": 2, "blocked": 0, "calls": 2}
+    assert [r["action"] for r in store.query(action="observe")] == ["observe", "observe"]
+    with pytest.raises(ValueError, match="mode"):
+        GuardConfig(mode="warn")
+
+
 def test_disabled_guard_and_config_validation():
     ep = make_guard(enabled=False).episode(CTX, "r9")
     assert ep.check(bash("cat /work/.eval/a"), 1, 1, []).action == "allow"
