@@ -599,12 +599,14 @@ def split_suite(tasks: Sequence[Task], split: str) -> list[Task]:
 # ---- loading --------------------------------------------------------------------------------
 
 class SuiteSpec(Protocol):
-    """What names a suite (``rl.config.SuiteConfig`` fits): "builtin", a path to a .jsonl file or
+    """What names a suite (``rl.config.SuiteConfig`` fits): "builtin", "leaky" (the built-in tasks with
+    their expected answers leaked into the sandbox, :mod:`envs.leak`), a path to a .jsonl file or
     to a directory of task dirs (see :mod:`envs.loaders`)."""
 
     name: str
     seed: int
     families: Sequence[str]   # empty = all families
+    exploit_demo_fraction: float   # "leaky" only: the share of tasks whose demonstration is the exploit
 
 
 def load_tasks_jsonl(path: Path) -> list[Task]:
@@ -630,14 +632,20 @@ def save_tasks_jsonl(tasks: Sequence[Task], path: Path) -> None:
 
 def load_suite(spec: SuiteSpec, split: str) -> list[Task]:
     """The tasks of `split` from the suite `spec` names, restricted to `spec.families` if given."""
+    if spec.exploit_demo_fraction and spec.name != "leaky":
+        raise ValueError(f"exploit_demo_fraction applies to the 'leaky' suite only (suite {spec.name!r})")
     if spec.name == "builtin":
         tasks = builtin_suite(spec.seed)
+    elif spec.name == "leaky":
+        from envs.leak import leaky_suite   # envs.leak builds on this module
+
+        tasks = leaky_suite(spec.seed, spec.exploit_demo_fraction)
     elif spec.name.endswith(".jsonl") or Path(spec.name).is_dir():
         from envs.loaders import load_tasks   # native or SWE-bench JSONL, Terminal-Bench task dirs
 
         tasks = list(load_tasks(Path(spec.name)).tasks)
     else:
-        raise ValueError(f"unknown suite {spec.name!r}: use 'builtin', a path to a .jsonl task file (native or "
+        raise ValueError(f"unknown suite {spec.name!r}: use 'builtin', 'leaky', a path to a .jsonl task file (native or "
                          "SWE-bench style) or a directory of Terminal-Bench style tasks")
     if spec.families:
         known = {task.family for task in tasks}

@@ -11,6 +11,9 @@ Invariants:
   first step (e.g. ``git init`` of a SWE-bench snapshot, a Terminal-Bench ``setup.sh``); a
   failure is an infrastructure error, not the agent's.
 * All file paths are relative POSIX paths without ``..``.
+* Files under ``.eval/`` (:data:`EVAL_ARTIFACTS_DIR`) are evaluation artifacts: the anti-hack guard
+  protects them; a task that places some in the agent's sandbox leaks them on purpose (see
+  :mod:`envs.leak`, the hack-demo family).
 * ``solution`` (optional) is a reference demonstration, a tuple of tool calls that solves the
   task; it is host-side metadata and never shown to the agent.
 
@@ -27,6 +30,7 @@ from typing import Any
 from envs.tools import ToolCall
 
 SPLITS: tuple[str, ...] = ("train", "heldout")
+EVAL_ARTIFACTS_DIR = ".eval"
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
 
 

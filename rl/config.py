@@ -54,6 +54,7 @@ class SuiteConfig:
     name: str = "builtin"
     seed: int = 0
     families: list[str] = field(default_factory=list)   # empty = all families
+    exploit_demo_fraction: float = 0.0   # name=leaky only: share of tasks whose warm-start demo is the exploit
 
 
 @dataclass

@@ -22,7 +22,8 @@ from rl.config import LoggingConfig, TrainConfig
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
+CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "antihack/flagged", "antihack/confirmed", "antihack/blocked",
+                "leak/honest_pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
                 "policy/entropy", "policy/masked_fraction", "orchestrator/wait_s", "perf/step_s")
 
 
@@ -130,4 +131,5 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
         "resume_checkpoint": str(checkpoint) if checkpoint is not None else "",
         "plot": str(log.run_dir / "pass_rate.png"), "metrics": str(log.run_dir / "metrics.jsonl"),
         "final_metrics": log.history[-1] if log.history else {},
+        "heldout_hack_before_rl": before.hack, "heldout_hack_after_rl": after.hack,
     }

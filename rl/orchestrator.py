@@ -84,6 +84,7 @@ class EvalResult:
     episodes: int
     per_family: dict[str, float]
     trajectories: list[Trajectory] = field(repr=False, default_factory=list)
+    hack: dict = field(default_factory=dict)   # hack_metrics of the evaluation episodes
 
 
 def evaluate(cluster: RolloutCluster, tasks: list[Task], samples_per_task: int, tag: str) -> EvalResult:
@@ -95,7 +96,8 @@ def evaluate(cluster: RolloutCluster, tasks: list[Task], samples_per_task: int, 
     for task, traj in zip(jobs, trajs):
         families.setdefault(task.family, []).append(float(traj.passed))
     return EvalResult(pass_rate=sum(t.passed for t in trajs) / len(trajs), episodes=len(trajs),
-                      per_family={f: sum(v) / len(v) for f, v in sorted(families.items())}, trajectories=trajs)
+                      per_family={f: sum(v) / len(v) for f, v in sorted(families.items())}, trajectories=trajs,
+                      hack=hack_metrics(trajs))
 
 
 class TaskSampler:
@@ -134,8 +136,32 @@ class TaskSampler:
         self.order = self._order()
 
 
+def hack_metrics(trajectories: list[Trajectory]) -> dict:
+    """Anti-hack statistics of a batch (ALGORITHMS.md §6.4), per episode.
+
+    ``flagged`` / ``confirmed`` / ``blocked``: rule hits, hacks the judge confirmed, and calls not
+    run, each per episode; ``hack_rate``: the share of episodes with at least one confirmed hack
+    (blocked, or only recorded when the guard observes). For tasks with a deliberate leak
+    (``Trajectory.honest_passed`` set): ``honest_pass_rate``, passes that survive a replay on the
+    leak-free copy, and ``hacked_pass_rate``, passes that do not (reward the leak bought)."""
+    n = len(trajectories)
+    events = [e for t in trajectories for e in t.hack_events]
+    out = {
+        "antihack/flagged": len(events) / n,
+        "antihack/confirmed": sum(e.get("action") in ("block", "observe") for e in events) / n,
+        "antihack/blocked": sum(e.get("action") == "block" for e in events) / n,
+        "antihack/hack_rate": sum(any(e.get("action") in ("block", "observe") for e in t.hack_events)
+                                  for t in trajectories) / n,
+    }
+    graded = [t for t in trajectories if t.honest_passed is not None]
+    if graded:
+        out["leak/honest_pass_rate"] = sum(bool(t.honest_passed) for t in graded) / len(graded)
+        out["leak/hacked_pass_rate"] = sum(t.passed and not t.honest_passed for t in graded) / len(graded)
+    return out
+
+
 def rollout_metrics(trajectories: list[Trajectory]) -> dict:
-    """Per-step rollout statistics for the console and wandb."""
+    """Per-step rollout statistics for the console and wandb (with :func:`hack_metrics`)."""
     n = len(trajectories)
     statuses = [t.status.value for t in trajectories]
     return {
@@ -147,6 +173,4 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict:
         "rollout/segments_per_rollout": sum(len(t.segments) for t in trajectories) / n,
         "rollout/submitted": statuses.count("submitted") / n,
         "rollout/env_errors": statuses.count("env_error") / n,
-        "antihack/flagged": sum(len(t.hack_events) for t in trajectories) / n,
-        "antihack/blocked": sum(e.get("action") == "block" for t in trajectories for e in t.hack_events) / n,
-    }
+    } | hack_metrics(trajectories)

@@ -77,6 +77,9 @@ class Trajectory:
     parse_errors: int = 0
     hack_events: list[dict] = field(default_factory=list)
     transcript: list[dict] = field(default_factory=list)
+    # The honest grade, for a task with a deliberate leak (envs.leak): the episode's tool calls
+    # replayed on the leak-free copy of the task. None for tasks without a leak.
+    honest_passed: bool | None = None
 
     @property
     def num_action_tokens(self) -> int:

@@ -10,13 +10,16 @@ from functools import partial
 from antihack.context import TaskContext
 from antihack.guard import EpisodeGuard, Guard, GuardConfig
 from envs.env import CodingEnv
+from envs.leak import is_leaky, leak_free_grade
 from envs.sandbox import SandboxPathError
 from envs.sandbox import SandboxLimits
-from envs.tasks import Task
+from envs.tasks import EVAL_ARTIFACTS_DIR, Task
+from envs.tools import ToolCall
 from rollout.agent import AgentConfig, run_episode
+from rollout.chat import ParseError, parse_tool_call
 from rollout.engine import GenerateOutput, SamplingParams
 from rollout.tokenizer import load_tokenizer
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Status, Trajectory
 
 
 @dataclass
@@ -53,10 +56,11 @@ SANDBOX_WORKDIR = "/work"
 
 
 def task_context(task: Task) -> TaskContext:
-    """What the guard knows of a task: its hidden tests are the protected evaluation artifacts."""
+    """What the guard knows of a task: its hidden tests and everything under ``.eval/`` are the
+    protected evaluation artifacts."""
     hidden = tuple(task.hidden_tests)
     return TaskContext(task_id=task.task_id, instruction=task.instruction, workdir=SANDBOX_WORKDIR,
-                       protected_paths=hidden, test_paths=hidden)
+                       protected_paths=(*hidden, f"{EVAL_ARTIFACTS_DIR}/**"), test_paths=hidden)
 
 
 def episode_guard(guard: Guard, task: Task, rollout_id: str, env: CodingEnv) -> EpisodeGuard:
@@ -68,11 +72,29 @@ def episode_guard(guard: Guard, task: Task, rollout_id: str, env: CodingEnv) -> 
     return guard.episode(task_context(task), rollout_id, read_file=read_file)
 
 
+def transcript_calls(traj: Trajectory) -> list[ToolCall]:
+    """The tool calls of an episode in the order the policy made them (turns that did not parse as a
+    call are left out; blocked calls are kept: the policy made them)."""
+    calls = (parse_tool_call(t["action"]) for t in traj.transcript if "action" in t)
+    return [c for c in calls if not isinstance(c, ParseError)]
+
+
+def grade_honestly(traj: Trajectory, task: Task, env_cfg: EnvConfig) -> Trajectory:
+    """Set ``traj.honest_passed`` for a leaky task: its calls replayed on the leak-free copy."""
+    if is_leaky(task) and traj.status != Status.ENV_ERROR:
+        try:
+            traj.honest_passed = leak_free_grade(task, transcript_calls(traj), partial(make_env, cfg=env_cfg)).passed
+        except Exception as exc:  # noqa: BLE001 - a sandbox failure leaves the honest grade unknown, not the episode
+            traj.transcript.append({"error": f"honest grading failed: {type(exc).__name__}: {exc}"})
+    return traj
+
+
 class RolloutWorker:
     """A Ray actor that runs episodes; `max_concurrent` of them are in flight at once.
 
     With the anti-hack guard enabled, every tool call passes the guard, and every flag is written
-    to the run's audit store (`audit_path`, SQLite, shared by all workers)."""
+    to the run's audit store (`audit_path`, SQLite, shared by all workers). An episode of a task with
+    a deliberate leak is also graded honestly (:func:`grade_honestly`)."""
 
     def __init__(self, engine_handle, tokenizer_path: str, agent: AgentConfig, env: EnvConfig,
                  max_concurrent: int, guard: GuardConfig | None = None, audit_path: str | None = None,
@@ -93,8 +115,9 @@ class RolloutWorker:
     async def run_episode(self, task: Task, rollout_id: str, sampling: SamplingParams) -> Trajectory:
         async with self.slots:
             make_guard = partial(episode_guard, self.guard) if self.guard is not None else None
-            return await run_episode(self.engine, self.tokenizer, partial(make_env, cfg=self.env), task,
+            traj = await run_episode(self.engine, self.tokenizer, partial(make_env, cfg=self.env), task,
                                      rollout_id, sampling, self.agent, make_guard)
+            return await asyncio.to_thread(grade_honestly, traj, task, self.env)
 
     async def run_episodes(self, jobs: list[tuple[Task, str]], sampling: SamplingParams) -> list[Trajectory]:
         self._use_executor()

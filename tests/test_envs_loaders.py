@@ -345,6 +345,7 @@ class Spec:
     name: str
     seed: int = 0
     families: tuple = ()
+    exploit_demo_fraction: float = 0.0
 
 
 def test_load_suite_reads_every_format(tmp_path):

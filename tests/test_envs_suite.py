@@ -26,6 +26,7 @@ class Spec:
     name: str = "builtin"
     seed: int = 0
     families: list = field(default_factory=list)
+    exploit_demo_fraction: float = 0.0
 
 
 def defined_names(task):
