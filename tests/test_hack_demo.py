@@ -150,3 +150,33 @@ def test_load_suite_leaky_and_the_fraction_only_for_it():
     assert sum(t.solution[0].name == "bash" for t in train) == len(train) // 2
     with pytest.raises(ValueError, match="leaky"):
         load_suite(Spec(name="builtin"), "train")
+
+
+def test_hack_demo_plot_and_table(tmp_path, capsys):
+    import json
+
+    from rl.hack_demo import load_metrics, main
+
+    def run(name, exploit, honest):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"step": s + 1, "antihack/hack_rate": x, "leak/honest_pass_rate": h, "leak/hacked_pass_rate": x / 2}
+                for s, (x, h) in enumerate(zip(exploit, honest))]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+        return d
+
+    on = run("on", [0.3, 0.2, 0.1, 0.0, 0.0, 0.0], [0.2, 0.2, 0.3, 0.4, 0.5, 0.6])
+    off = run("off", [0.3, 0.4, 0.5, 0.7, 0.8, 0.9], [0.2, 0.1, 0.1, 0.1, 0.0, 0.0])
+    (on / "summary.json").write_text(json.dumps({"heldout_hack_before_rl": {"leak/honest_pass_rate": 0.25,
+                                                                           "antihack/hack_rate": 0.3},
+                                                 "heldout_hack_after_rl": {"leak/honest_pass_rate": 0.5,
+                                                                          "antihack/hack_rate": 0.05}}))
+    main(["--filter-on", str(on), "--filter-off", str(off), "--out", str(tmp_path / "fig" / "demo.png")])
+    out = capsys.readouterr().out
+    assert "| filter off | 0.400 → 0.800 | 0.133 → 0.033 | 0.400 | n/a | n/a |" in out
+    assert "| filter on | 0.200 → 0.000 | 0.233 → 0.500 | 0.000 | 0.250 → 0.500 | 0.300 → 0.050 |" in out
+    assert (tmp_path / "fig" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "metrics.jsonl").write_text(json.dumps({"step": 1, "rollout/pass_rate": 0.5}) + "\n")
+    with pytest.raises(ValueError, match="hack-demo metrics"):
+        load_metrics(tmp_path / "bare")
