@@ -102,7 +102,10 @@ class AlgoConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_tokens: int = 8192
-    policy_updates: int = 1                     # optimiser steps per batch (mini-batches)
+    policy_loss: str = "dis"                    # dis (one step against the behaviour policy) | ppo_clip
+    clip_low: float = 0.2                       # ppo_clip: r_t = pi/pi_old clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.28
+    policy_updates: int = 1                     # optimiser steps per batch, each over the whole batch (epochs)
 
 
 @dataclass
@@ -179,6 +182,7 @@ CHOICES = {
     "engine.type": ("hf", "sglang"),
     "env.backend": ("local",),
     "algo.gae_mode": ("crl", "boot"),
+    "algo.policy_loss": ("dis", "ppo_clip"),
     "agent.compaction": ("none", "summary", "rule"),
     "orchestrator": ("sync", "async"),
     "logging.wandb_mode": ("offline", "online", "disabled"),

@@ -25,7 +25,7 @@ from critic.gae import gae_over_segments, length_adaptive_lambda
 from critic.losses import clipped_value_loss, explained_variance
 from rl.batch import SampleBatch, micro_batches
 from rl.config import AlgoConfig, DeepSpeedConfig
-from rl.losses import dis_policy_loss, entropy_from_logits, masked_whiten
+from rl.losses import dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss
 
 
 def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1) -> None:
@@ -117,19 +117,42 @@ class PolicyLearner:
         grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
         return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm}
 
-    def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor) -> dict:
-        """One DIS policy-gradient step over the whole batch (ALGORITHMS.md §2.5)."""
+    @torch.no_grad()
+    def logprobs(self, batch: SampleBatch) -> torch.Tensor:
+        """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""
+        out = torch.zeros_like(batch.action_mask)
+        for idx in micro_batches(batch, self.algo.micro_batch_tokens):
+            mb = batch.rows(idx)
+            out[torch.tensor(idx), : mb.input_ids.shape[1]] = self.forward(mb)[0]
+        return out
+
+    def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None) -> dict:
+        """One policy-gradient step over the whole batch: the DIS loss against the behaviour
+        log-probs (ALGORITHMS.md §2.5), or with ``algo.policy_loss = ppo_clip`` PPO's clipped
+        surrogate against `old_logprobs` (π_old: the weights before this batch's first update)."""
         n = batch.num_action_tokens
-        sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0}
+        sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0,
+                "clipfrac": 0.0}
+        if self.algo.policy_loss == "ppo_clip" and old_logprobs is None:
+            raise ValueError("algo.policy_loss = ppo_clip needs the batch's log-probs under pi_old")
 
         def loss_of(rows, mb):
             logp, logits = self.forward(mb)
-            adv = advantages[rows][:, : mb.input_ids.shape[1]]
-            loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
-                                       eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
-                                       num_tokens=n, tis_cap=self.algo.tis_cap)
+            t = mb.input_ids.shape[1]
+            adv = advantages[rows][:, :t]
+            if self.algo.policy_loss == "ppo_clip":
+                loss, st = ppo_clip_policy_loss(logp, old_logprobs[rows][:, :t], adv, mb.action_mask,
+                                                self.algo.clip_low, self.algo.clip_high, num_tokens=n)
+                with torch.no_grad():
+                    log_ratio = logp.detach() - mb.behavior_logprobs
+                    st |= {"mismatch_kl": float((k3_kl(log_ratio) * mb.action_mask).sum()) / max(mb.num_action_tokens, 1),
+                           "masked_fraction": 0.0}
+            else:
+                loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
+                                           eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
+                                           num_tokens=n, tis_cap=self.algo.tis_cap)
             w = mb.num_action_tokens / n
-            for k in ("masked_fraction", "mismatch_kl", "ratio_mean"):
+            for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac"):
                 sums[k] += st[k] * w
             with torch.no_grad():
                 ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
@@ -249,7 +272,8 @@ class PPOLearner:
         for _ in range(self.algo.critic_updates):
             metrics |= self.critic.step(batch, values, adv.returns)
         if self.steps_done >= self.algo.critic_warmup_steps:
+            old = self.policy.logprobs(batch) if self.algo.policy_loss == "ppo_clip" else None
             for _ in range(self.algo.policy_updates):
-                metrics |= self.policy.ppo_step(batch, adv.advantages)
+                metrics |= self.policy.ppo_step(batch, adv.advantages, old)
         self.steps_done += 1
         return metrics

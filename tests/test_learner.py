@@ -107,3 +107,26 @@ def test_a_new_value_head_starts_at_zero_and_a_trained_one_is_kept(model_dir, tm
     critic.engine.module.save_pretrained(str(tmp_path))
     reloaded = CriticLearner(tmp_path, algo, ds)  # a critic checkpoint: its head is kept
     assert torch.allclose(reloaded.values(batch), trained)
+
+
+def test_ppo_clip_epochs_stop_pushing_once_the_ratio_leaves_the_clip_range(model_dir):
+    """policy_loss = ppo_clip with several epochs per batch: π_old is the policy before the first
+    epoch (ratio 1, nothing clipped), later epochs clip; the rewarded first tokens gain, and the
+    ratios of positive-advantage tokens stay near the clip bound instead of running away."""
+    algo = AlgoConfig(critic_warmup_steps=0, policy_lr=3e-2, micro_batch_tokens=64, policy_loss="ppo_clip",
+                      clip_low=0.2, clip_high=0.2, policy_updates=6, whiten_advantages=True)
+    ds = DeepSpeedConfig(zero_stage=0)
+    policy = PolicyLearner(model_dir, algo.policy_lr, algo, ds, temperature=1.0)
+    batch = collate(make_trajectories(24, 7), pad_token_id=0)
+    old = policy.logprobs(batch)
+    batch.behavior_logprobs = old * batch.action_mask
+    adv = compute_advantages(batch, torch.zeros_like(batch.action_mask), algo).advantages
+    epochs = [policy.ppo_step(batch, adv, old) for _ in range(algo.policy_updates)]
+    assert epochs[0]["policy/clipfrac"] == 0.0 and abs(epochs[0]["policy/ratio_mean"] - 1.0) < 1e-5
+    assert epochs[-1]["policy/clipfrac"] > 0.0
+    new = policy.logprobs(batch)
+    ratio = torch.exp(new - old)[batch.action_mask.bool() & (adv > 0)]
+    assert ratio.mean() > 1.0
+    assert ratio.median() < 1.0 + 3 * algo.clip_high   # the clip held most of them back
+    with pytest.raises(ValueError, match="pi_old"):
+        policy.ppo_step(batch, adv)
