@@ -110,7 +110,7 @@ def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidd
                            SFTConfig, TrainConfig)
     from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
     from rl.orchestrator import RolloutCluster, TaskSampler
-    from rl.warm_start import build_default_policy, demonstrations, sft_warm_start
+    from rl.warm_start import build_default_policy, demo_trajectories, demonstrations, sft_warm_start
     from rollout.agent import AgentConfig
     from rollout.tokenizer import load_tokenizer
     from rollout.trajectory import Status
@@ -133,7 +133,8 @@ def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidd
         base = build_default_policy(model, demos, Path(tmp) / "base", 0)
         tokenizer = load_tokenizer(base)
         t0 = time.perf_counter()
-        policy = sft_warm_start(base, demos, tokenizer, SFTConfig(steps=sft_steps, batch_size=16, lr=2e-3), algo, ds,
+        policy = sft_warm_start(base, demo_trajectories(demos, tokenizer, cfg.agent, cfg.env, max_new_tokens),
+                                tokenizer, SFTConfig(steps=sft_steps, batch_size=16, lr=2e-3), algo, ds,
                                 Path(tmp) / "sft", 0)
         sft_s = time.perf_counter() - t0
 

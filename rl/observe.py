@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "antihack/flagged", "antihack/confirmed", "antihack/blocked",
                 "leak/honest_pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
-                "policy/entropy", "policy/masked_fraction", "orchestrator/wait_s", "perf/step_s")
+                "policy/entropy", "policy/masked_fraction", "rollout/segments_per_rollout", "orchestrator/wait_s",
+                "perf/step_s")
 
 
 class RunLogger:
@@ -132,4 +133,13 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
         "plot": str(log.run_dir / "pass_rate.png"), "metrics": str(log.run_dir / "metrics.jsonl"),
         "final_metrics": log.history[-1] if log.history else {},
         "heldout_hack_before_rl": before.hack, "heldout_hack_after_rl": after.hack,
+        "segments_per_rollout": {  # > 1: episodes were compacted (agent.compaction)
+            "heldout_before_rl": mean_segments(before.trajectories), "heldout_after_rl": mean_segments(after.trajectories),
+            "rl_steps": (sum(m.get("rollout/segments_per_rollout", 1.0) for m in log.history) / len(log.history)
+                         if log.history else 0.0)},
     }
+
+
+def mean_segments(trajectories) -> float:
+    """Segments (sub-traces) per rollout: 1 without compaction, one more per compaction."""
+    return sum(len(t.segments) for t in trajectories) / len(trajectories) if trajectories else 0.0

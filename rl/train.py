@@ -4,8 +4,6 @@
     horizonrl-train experiment=quick     # a small run for tests
     horizonrl-train model.path=/ckpt     # any local Hugging Face checkpoint
     horizonrl-train resume=runs/<run>/checkpoints   # continue a run exactly where it stopped
-
-The whole run is one visible loop; the machinery lives in the packages.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from rl.config import register_configs, to_train_config
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
 from rl.observe import RunLogger, run_summary
 from rl.orchestrator import RolloutCluster, TaskSampler, evaluate, rollout_metrics
-from rl.warm_start import build_default_policy, demonstrations, sft_warm_start, split_for_warm_start
+from rl.warm_start import build_default_policy, demo_trajectories, demonstrations, sft_warm_start, split_for_warm_start
 from rollout.tokenizer import load_tokenizer
 
 register_configs()
@@ -52,7 +50,8 @@ def main(raw: DictConfig) -> None:
     tokenizer = load_tokenizer(policy_path)
     if cfg.sft.enabled and resume is None:
         log.phase(f"SFT warm start: {cfg.sft.steps} steps on {len(demos)} scripted demonstrations")
-        policy_path = sft_warm_start(policy_path, demos, tokenizer, cfg.sft, cfg.algo, cfg.deepspeed,
+        sft_data = demo_trajectories(demos, tokenizer, cfg.agent, cfg.env, cfg.sampling.max_new_tokens)  # compacted as RL's
+        policy_path = sft_warm_start(policy_path, sft_data, tokenizer, cfg.sft, cfg.algo, cfg.deepspeed,
                                      run_dir / "sft", cfg.seed, on_step=lambda s, m: log.log_warm_start(s, cfg.sft.steps, m))
 
     # 2. Engines and rollout workers (Ray), the held-out pass rate before RL.

@@ -6,12 +6,17 @@
   builds a small Qwen2/Llama model from config (no downloads), saved as a standard checkpoint.
 * :func:`demo_trajectory` renders a demonstration with exactly the agent loop's format and
   masks (tool calls are actions, everything else is context).
+* :func:`demo_trajectories` gives the SFT data: those renderings, or, with compaction on, the
+  agent loop itself driven by :class:`ScriptedPolicy`, so that the demonstrations are compacted
+  into segments exactly as the policy's own episodes will be.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +29,12 @@ from envs.tools import ToolCall
 from rl.batch import collate
 from rl.config import AlgoConfig, DeepSpeedConfig, ModelConfig, SFTConfig
 from rl.learner import PolicyLearner
+from rollout.agent import AgentConfig, run_episode
 from rollout.chat import IM_END, encode_text, observation_text, prompt_text, render_tool_call
+from rollout.compaction import summary_request_text
+from rollout.engine import GenerateOutput, SamplingParams
 from rollout.tokenizer import build_bpe_tokenizer
-from rollout.trajectory import Segment, Trajectory
+from rollout.trajectory import Segment, Status, Trajectory
 from rollout.worker import EnvConfig, make_env
 
 
@@ -85,6 +93,74 @@ def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajecto
     return Trajectory(rollout_id=rollout_id, task_id=demo.task.task_id, segments=[seg], reward=1.0, passed=True)
 
 
+class ScriptedPolicy:
+    """An :class:`rollout.engine.Engine` that plays one task's scripted solution, call by call.
+
+    Driving the real agent loop with it gives a demonstration in exactly the policy's format,
+    compaction included: asked for a summary (the prompt ends with the summary request), it
+    writes one from the calls it made so far; otherwise it emits its next tool call."""
+
+    def __init__(self, tokenizer, calls: list[ToolCall]) -> None:
+        self.tokenizer, self.calls, self.made = tokenizer, list(calls), 0
+        self.summary_request = encode_text(tokenizer, summary_request_text())
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerateOutput:
+        if prompt_ids[-len(self.summary_request):] == self.summary_request:
+            text = scripted_summary(self.calls[: self.made])
+        elif self.made < len(self.calls):
+            text, self.made = render_tool_call(self.calls[self.made]), self.made + 1
+        else:
+            raise RuntimeError(f"the scripted solution has {len(self.calls)} calls; the agent asked for more")
+        ids = encode_text(self.tokenizer, text + IM_END)
+        finish = "stop" if len(ids) <= params.max_new_tokens else "length"
+        ids = ids[: params.max_new_tokens]
+        return GenerateOutput(token_ids=ids, logprobs=[0.0] * len(ids), finish_reason=finish,
+                              weight_versions=[0] * len(ids))
+
+    async def update_weights(self, state: dict, version: int) -> None:
+        raise RuntimeError("a scripted policy has no weights")
+
+    async def weight_version(self) -> int:
+        return 0
+
+
+def scripted_summary(calls: list[ToolCall]) -> str:
+    """The summary a careful agent writes at a compaction: what it looked at and what it changed."""
+    done = "; ".join(f"{c.name} {c.arguments.get('path', '')}".strip() for c in calls) or "nothing yet"
+    edited = sorted({str(c.arguments["path"]) for c in calls if c.name in ("write_file", "str_replace")})
+    return f"Done so far: {done}. Files changed: {', '.join(edited) or 'none'}."
+
+
+def demo_trajectories(demos: list[Demonstration], tokenizer, agent: AgentConfig, env_cfg: EnvConfig,
+                      max_new_tokens: int, concurrency: int = 16) -> list[Trajectory]:
+    """The SFT data. Without compaction, each demonstration rendered by :func:`demo_trajectory`;
+    with it, each task's scripted solution played through :func:`rollout.agent.run_episode` (real
+    sandboxes), so a long demonstration is split into segments at the same points, with the same
+    prompts (digest or summary + kept steps), as the policy's episodes. Each must pass its grade."""
+    if agent.compaction == "none":
+        return [demo_trajectory(d, tokenizer, f"demo-{i}") for i, d in enumerate(demos)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, stop_token_ids=(
+        tokenizer.convert_tokens_to_ids(IM_END),))
+    play = AgentConfig(**{**agent.__dict__, "max_turns": max(agent.max_turns, max(len(d.turns) for d in demos))})
+
+    async def one(i: int, demo: Demonstration, slots: asyncio.Semaphore) -> Trajectory:
+        async with slots:
+            policy = ScriptedPolicy(tokenizer, [call for call, _ in demo.turns])
+            return await run_episode(policy, tokenizer, partial(make_env, cfg=env_cfg), demo.task, f"demo-{i}",
+                                     params, play)
+
+    async def all_of_them() -> list[Trajectory]:
+        slots = asyncio.Semaphore(concurrency)
+        return list(await asyncio.gather(*(one(i, d, slots) for i, d in enumerate(demos))))
+    trajectories = asyncio.run(all_of_them())
+    for demo, traj in zip(demos, trajectories):
+        if not traj.passed or traj.status != Status.SUBMITTED:
+            raise RuntimeError(f"the scripted solution of {demo.task.task_id} did not pass when played through the "
+                               f"agent loop with compaction={agent.compaction} ({traj.status}): "
+                               f"{traj.transcript[-3:]}")
+    return trajectories
+
+
 def model_config(cfg: ModelConfig, tokenizer):
     common = dict(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -107,12 +183,11 @@ def build_default_policy(cfg: ModelConfig, demos: list[Demonstration], out_dir: 
     return out_dir
 
 
-def sft_warm_start(base: Path, demos: list[Demonstration], tokenizer, sft: SFTConfig, algo: AlgoConfig,
+def sft_warm_start(base: Path, trajectories: list[Trajectory], tokenizer, sft: SFTConfig, algo: AlgoConfig,
                    ds: DeepSpeedConfig, out_dir: Path, seed: int, on_step=None) -> Path:
-    """Supervised warm start on the demonstrations (cross-entropy on tool-call tokens only);
-    saves the result as a standard checkpoint in `out_dir` and returns that path."""
+    """Supervised warm start on demonstration trajectories (cross-entropy on their action tokens,
+    every segment); saves the result as a standard checkpoint in `out_dir` and returns that path."""
     learner = PolicyLearner(base, lr=sft.lr, algo=algo, ds=ds, temperature=1.0, warmup_steps=sft.warmup_steps)
-    trajectories = [demo_trajectory(d, tokenizer, f"demo-{i}") for i, d in enumerate(demos)]
     rng = random.Random(seed)
     for step in range(sft.steps):
         picked = rng.sample(trajectories, min(sft.batch_size, len(trajectories)))
