@@ -36,12 +36,14 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 class HFGenerator:
     """Batched sampling with a KV cache; returns token ids and their behaviour log-probs."""
 
-    def __init__(self, model_path: str | Path, pad_token_id: int, seed: int, num_threads: int) -> None:
+    def __init__(self, model_path: str | Path, pad_token_id: int, seed: int, num_threads: int,
+                 device: str = "cpu", dtype: str = "float32") -> None:
         torch.set_num_threads(num_threads)
-        self.model = load_causal_lm(model_path)
+        self.device = torch.device(device)
+        self.model = load_causal_lm(model_path, dtype).to(self.device)
         self.model.eval()
         self.pad_token_id = pad_token_id
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)  # samples where the logits are
         self.version = 0
 
     def load_state(self, state: dict, version: int) -> None:
@@ -54,7 +56,7 @@ class HFGenerator:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerateOutput]:
-        device = next(self.model.parameters()).device
+        device = self.device
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((batch, longest), dtype=torch.long)
@@ -67,46 +69,86 @@ class HFGenerator:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
         past, logits = out.past_key_values, out.logits[:, -1, :].float()
-        tokens = torch.zeros((batch, 0), dtype=torch.long)
-        logps = torch.zeros((batch, 0))
-        alive = torch.ones(batch, dtype=torch.bool)
-        lengths = torch.zeros(batch, dtype=torch.long)
+        # Sampled ids and log-probs stay on the model's device; one [batch] flag crosses per step.
+        tokens, logps = [], []
+        alive = torch.ones(batch, dtype=torch.bool, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
         next_pos = positions[:, -1] + 1
         for _ in range(params.max_new_tokens):
             dist_logits = filter_logits(logits, params.temperature, params.top_k, params.top_p)
             logprobs_all = torch.log_softmax(dist_logits, dim=-1)
-            nxt = torch.multinomial(logprobs_all.exp().cpu(), 1, generator=self.generator).squeeze(-1)
-            lp = logprobs_all.cpu().gather(-1, nxt[:, None]).squeeze(-1)
+            nxt = torch.multinomial(logprobs_all.exp(), 1, generator=self.generator).squeeze(-1)
+            lp = logprobs_all.gather(-1, nxt[:, None]).squeeze(-1)
             nxt = torch.where(alive, nxt, torch.full_like(nxt, self.pad_token_id))
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            logps = torch.cat([logps, lp[:, None]], dim=1)
+            tokens.append(nxt)
+            logps.append(lp)
             lengths += alive.long()
-            alive &= ~torch.isin(nxt, stop.cpu())
+            alive &= ~torch.isin(nxt, stop)
             if not alive.any():
                 break
-            mask = torch.cat([mask, alive.long().to(device)[:, None]], dim=1)
-            out = self.model(input_ids=nxt[:, None].to(device), attention_mask=mask,
+            mask = torch.cat([mask, alive.long()[:, None]], dim=1)
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask,
                              position_ids=next_pos[:, None], past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1, :].float()
             next_pos = next_pos + 1
+        tokens_cpu = torch.stack(tokens, dim=1).cpu()
+        logps_cpu = torch.stack(logps, dim=1).cpu()
+        lengths_cpu = lengths.cpu()
         results = []
         for i in range(batch):
-            n = int(lengths[i])
-            ids_i = tokens[i, :n].tolist()
+            n = int(lengths_cpu[i])
+            ids_i = tokens_cpu[i, :n].tolist()
             finished = n > 0 and ids_i[-1] in params.stop_token_ids
-            results.append(GenerateOutput(token_ids=ids_i, logprobs=logps[i, :n].tolist(),
+            results.append(GenerateOutput(token_ids=ids_i, logprobs=logps_cpu[i, :n].tolist(),
                                           finish_reason="stop" if finished else "length",
                                           weight_versions=[self.version] * n))
         return results
 
+    @torch.inference_mode()
+    def score(self, sequences: list[list[int]], temperature: float, token_budget: int = 16384) -> list[list[float]]:
+        """Prefill-only scoring of given token ids (no sampling, ids used exactly as passed):
 
-def load_causal_lm(path: str | Path) -> torch.nn.Module:
+            s_i = log softmax(z_{i-1} / T)[x_i]   for i >= 1,   s_0 = 0
+
+        where z_{i-1} are the logits after x_0..x_{i-1} and T is `temperature` (the rollout
+        temperature, so a teacher scores the distribution the student sampled from; no top-k/top-p).
+        Sequences are right-padded in groups of at most `token_budget` tokens."""
+        if temperature <= 0:
+            raise ValueError(f"scoring temperature must be > 0 (got {temperature})")
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        out: list[list[float]] = [[] for _ in sequences]
+        start = 0
+        while start < len(order):
+            longest = max(1, len(sequences[order[start]]))
+            count = max(1, min(len(order) - start, token_budget // longest))
+            group = order[start: start + count]
+            start += count
+            ids = torch.full((len(group), longest), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(group), longest), dtype=torch.long)
+            for row, i in enumerate(group):
+                ids[row, : len(sequences[i])] = torch.tensor(sequences[i], dtype=torch.long)
+                mask[row, : len(sequences[i])] = 1
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
+            picked = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
+            for row, i in enumerate(group):
+                out[i] = [0.0] + picked[row, : max(0, len(sequences[i]) - 1)].tolist() if sequences[i] else []
+        return out
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_causal_lm(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
     """Load a causal LM from a local checkpoint directory, naming the path if it is unusable."""
     path = Path(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"engine dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model checkpoint at {path} (config.json missing)")
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=DTYPES[dtype])
     except (OSError, ValueError, RuntimeError) as exc:
         raise RuntimeError(f"cannot load the model checkpoint at {path}: {exc}") from exc
 
@@ -127,8 +169,8 @@ class HFEngineActor:
     """
 
     def __init__(self, model_path: str, pad_token_id: int, seed: int, num_threads: int,
-                 max_batch: int, batch_wait_s: float) -> None:
-        self.gen = HFGenerator(model_path, pad_token_id, seed, num_threads)
+                 max_batch: int, batch_wait_s: float, device: str = "cpu", dtype: str = "float32") -> None:
+        self.gen = HFGenerator(model_path, pad_token_id, seed, num_threads, device, dtype)
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self.queue: list[_Request] = []
@@ -173,3 +215,9 @@ class HFEngineActor:
 
     async def weight_version(self) -> int:
         return self.gen.version
+
+    async def score(self, sequences: list[list[int]], temperature: float) -> list[list[float]]:
+        """Prefill-only log-probs of each sequence's own tokens (:meth:`HFGenerator.score`); waits for
+        a running generation batch, like a weight update."""
+        async with self.lock:
+            return await asyncio.to_thread(self.gen.score, [list(s) for s in sequences], temperature)

@@ -1,0 +1,149 @@
+"""The typed configuration of a distillation run (`horizonrl-distill`, Hydra structured configs).
+
+A distillation run reuses the training schema's pieces (engine, environment, agent loop, sampling,
+rollout workers, learner, DeepSpeed, logging) and adds the `opd` block: the domains (each a set of
+task families with a mixing weight), the experts (each `{name, checkpoint, domain}`), the shared
+base model and which model the student starts from. A model that is missing may carry a `train`
+recipe: `horizonrl-train` overrides that produce it (the demo trains its experts that way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from antihack.guard import GuardConfig
+from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, EvalConfig, LoggingConfig,
+                       RolloutConfig, SamplingConfig, SuiteConfig, TrainConfig)
+from rollout.agent import AgentConfig
+from rollout.worker import EnvConfig
+
+
+@dataclass
+class ModelSource:
+    """A model checkpoint (`save_pretrained` layout with its tokenizer) and, optionally, how to make
+    it: `train` holds `horizonrl-train` overrides; the run goes to `train_dir` and its final policy is
+    copied to `checkpoint`. With an empty `train`, a missing checkpoint is an error naming the path."""
+
+    checkpoint: str = ""
+    train: list[str] = field(default_factory=list)
+    train_dir: str = ""
+
+
+@dataclass
+class ExpertConfig(ModelSource):
+    name: str = ""
+    domain: str = ""
+
+
+@dataclass
+class DomainConfig:
+    name: str = ""
+    families: list[str] = field(default_factory=list)   # task families whose prompts this domain owns
+    weight: float = 1.0                                  # mixing weight w_k of the domain's prompts
+
+
+@dataclass
+class OPDConfig:
+    """Online policy distillation (ALGORITHMS.md §5): Â_t = task_coef·Â^task + kl_coef·sg[log π_T − log π_θ]."""
+
+    domains: list[DomainConfig] = field(default_factory=list)
+    experts: list[ExpertConfig] = field(default_factory=list)
+    base: ModelSource = field(default_factory=ModelSource)   # the shared initialisation the experts are trained from
+    student_init: str = "base"       # "base" or the name of an expert
+    kl_coef: float = 1.0             # λ_opd
+    task_coef: float = 0.0           # weight of the task advantage R − mean(R) (0 = pure distillation)
+    teacher_threads: int = 1         # torch threads of each teacher engine actor
+    eval_samples_per_task: int = 4   # held-out episodes per task for before / after / expert
+    save_every: int = 0              # also write the student (save_pretrained) every N steps (0 = at the end only)
+
+
+@dataclass
+class DistillConfig:
+    experiment: str = "opd_demo"
+    seed: int = 0
+    steps: int = 30                  # distillation (policy) steps
+    orchestrator: str = "async"      # sync: a batch is generated with the current weights; async: keep generating
+    learner_threads: int = 2
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)      # the policy loss and learner (DIS window, lr, clip)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    async_rollout: AsyncConfig = field(default_factory=AsyncConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    antihack: GuardConfig = field(default_factory=GuardConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+
+
+CHOICES = {
+    "engine.type": ("hf",),          # teachers score with the hf engine; SGLang prefill scoring is not wired yet
+    "orchestrator": ("sync", "async"),
+    "logging.wandb_mode": ("offline", "online", "disabled"),
+    "agent.compaction": ("none", "summary", "rule"),
+}
+
+
+def register_configs() -> None:
+    """Register the schema so `configs/distill.yaml` can name it in its defaults list."""
+    ConfigStore.instance().store(name="distill_schema", node=DistillConfig)
+
+
+def check_opd(opd: OPDConfig) -> None:
+    """Domains and experts must pair up one to one; names must be unique; weights positive."""
+    domains = [d.name for d in opd.domains]
+    experts = [e.name for e in opd.experts]
+    if not domains:
+        raise ValueError("opd.domains is empty: name at least one domain ({name, families, weight})")
+    for kind, names in (("domain", domains), ("expert", experts)):
+        if "" in names or len(set(names)) != len(names):
+            raise ValueError(f"opd: every {kind} needs a unique non-empty name (got {names})")
+    for d in opd.domains:
+        if not d.families:
+            raise ValueError(f"opd domain {d.name!r} lists no task families")
+        if d.weight <= 0:
+            raise ValueError(f"opd domain {d.name!r} has weight {d.weight}; mixing weights must be > 0")
+    owned = [f for d in opd.domains for f in d.families]
+    if len(set(owned)) != len(owned):
+        raise ValueError(f"opd: a task family belongs to two domains ({owned}); routing needs one owner")
+    for e in opd.experts:
+        if e.domain not in domains:
+            raise ValueError(f"opd expert {e.name!r} serves domain {e.domain!r}, which is not in opd.domains {domains}")
+        if not e.checkpoint:
+            raise ValueError(f"opd expert {e.name!r} has no checkpoint path")
+    served = [e.domain for e in opd.experts]
+    if sorted(served) != sorted(domains):
+        raise ValueError(f"opd: every domain needs exactly one expert (domains {domains}, experts serve {served})")
+    if opd.student_init != "base" and opd.student_init not in experts:
+        raise ValueError(f"opd.student_init must be 'base' or an expert name {experts} (got {opd.student_init!r})")
+    if opd.student_init == "base" and not opd.base.checkpoint:
+        raise ValueError("opd.student_init is 'base' but opd.base.checkpoint is empty")
+    if opd.eval_samples_per_task < 1:
+        raise ValueError(f"opd.eval_samples_per_task must be >= 1 (got {opd.eval_samples_per_task})")
+
+
+def to_distill_config(cfg: DictConfig) -> DistillConfig:
+    """Turn the composed Hydra config into the typed dataclass and check choices and the OPD block."""
+    typed: DistillConfig = OmegaConf.to_object(cfg)
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(typed), key)
+        if value not in allowed:
+            raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    check_opd(typed.opd)
+    return typed
+
+
+def rollout_config(cfg: DistillConfig) -> TrainConfig:
+    """The training schema's view of a distillation run, for the rollout machinery of `rl/`
+    (`RolloutCluster`, rollout workers), which is configured by a `TrainConfig`."""
+    return TrainConfig(experiment=cfg.experiment, seed=cfg.seed, steps=cfg.steps, orchestrator=cfg.orchestrator,
+                       learner_threads=cfg.learner_threads, engine=cfg.engine, suite=cfg.suite, env=cfg.env,
+                       agent=cfg.agent, sampling=cfg.sampling, rollout=cfg.rollout, algo=cfg.algo,
+                       deepspeed=cfg.deepspeed, eval=EvalConfig(samples_per_task=cfg.opd.eval_samples_per_task),
+                       async_rollout=cfg.async_rollout, logging=cfg.logging, antihack=cfg.antihack)

@@ -1,0 +1,120 @@
+"""`horizonrl-distill`: merge expert checkpoints into one student with online policy distillation.
+
+    horizonrl-distill                        # the demo (experiment=opd_demo): trains the experts it lacks, merges
+    horizonrl-distill opd.student_init=<expert name> steps=50 orchestrator=sync
+
+The student samples on-policy (agent loop, sandboxes, compaction as in RL); each finished episode
+goes to the expert that owns its domain, which scores the exact token ids (prefill only) while the
+other episodes still generate; the learner steps on Â_t = sg[log π_T − log π_θ]. The run directory
+(with `student/`, a `save_pretrained` checkpoint, and `summary.json`) is the last line printed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from envs.suite import load_suite
+from opd.config import DistillConfig, register_configs, rollout_config, to_distill_config
+from opd.evaluation import EngineWorkers, evaluate_domains
+from opd.experts import ensure_models
+from opd.learner import OPDLearner
+from opd.report import distill_summary, domain_line
+from opd.source import DomainMixture, ScoredRolloutSource
+from opd.teacher import Router, TeacherPool, check_checkpoint, check_compatible
+from rl.async_rollout import start_rollout_worker
+from rl.learner import PolicyLearner, init_distributed
+from rl.observe import RunLogger
+from rl.orchestrator import RolloutCluster, rollout_metrics
+from rollout.tokenizer import load_tokenizer
+
+register_configs()
+
+
+def student_init_path(cfg: DistillConfig) -> Path:
+    if cfg.opd.student_init == "base":
+        return Path(cfg.opd.base.checkpoint)
+    return Path(next(e.checkpoint for e in cfg.opd.experts if e.name == cfg.opd.student_init))
+
+
+def domain_tasks(cfg: DistillConfig, split: str) -> dict:
+    tasks = load_suite(cfg.suite, split)
+    return {d.name: [t for t in tasks if t.family in d.families] for d in cfg.opd.domains}
+
+
+@hydra.main(config_path="../configs", config_name="distill", version_base=None)
+def main(raw: DictConfig) -> None:
+    cfg = to_distill_config(raw)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log = RunLogger(run_dir, cfg.logging, OmegaConf.to_container(raw), run_dir.name, cfg.steps)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.learner_threads)
+
+    # 1. The models: train the experts it lacks (or reuse them); refuse unusable or incompatible checkpoints.
+    ensure_models(cfg.opd, log.phase)
+    student_init = student_init_path(cfg)
+    check_checkpoint(student_init, f"student init ({cfg.opd.student_init})")
+    for expert in cfg.opd.experts:
+        check_checkpoint(Path(expert.checkpoint), f"expert {expert.name!r}")
+        check_compatible(student_init, Path(expert.checkpoint), expert.name)
+    tokenizer = load_tokenizer(student_init)
+    train, heldout = domain_tasks(cfg, "train"), domain_tasks(cfg, "heldout")
+    log.phase("domains: " + ", ".join(f"{d}: {len(train[d])} train / {len(heldout[d])} held-out tasks" for d in train))
+
+    # 2. Student engine + rollout workers, one teacher engine per expert; held-out pass rates before.
+    tcfg = rollout_config(cfg)
+    init_distributed(cfg.deepspeed)
+    cluster = RolloutCluster(str(student_init), tokenizer, tcfg, str(run_dir / "audit.sqlite"), run_dir.name)
+    router = Router(cfg.opd.domains, cfg.opd.experts)
+    teachers = TeacherPool(cfg.opd.experts, router, tokenizer.pad_token_id, cfg.sampling.temperature, cfg.seed,
+                           cfg.opd.teacher_threads, cfg.engine.max_batch, cfg.engine.batch_wait_s)
+    samples = cfg.opd.eval_samples_per_task
+    before = evaluate_domains(cluster, heldout, samples, "before", teachers)
+    expert_scores = {}
+    for expert in cfg.opd.experts:
+        workers = EngineWorkers(teachers.engine(expert.name), expert.checkpoint, tcfg, cluster.sampling)
+        expert_scores[expert.domain] = evaluate_domains(workers, {expert.domain: heldout[expert.domain]}, samples,
+                                                        f"expert-{expert.name}", None)[expert.domain]
+        workers.shutdown()
+    for d in sorted(heldout):
+        log.phase(domain_line(d, "before", before[d], expert_scores[d]))
+
+    # 3. Distillation: generate + score (overlapped) -> OPD policy step -> push weights, every step.
+    learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
+                                       cfg.sampling.temperature), cfg.opd, tokenizer.pad_token_id)
+    mixture = DomainMixture(train, {d.name: d.weight for d in cfg.opd.domains}, cfg.seed)
+    source = ScoredRolloutSource(cluster, mixture, teachers, cfg.orchestrator, cfg.async_rollout,
+                                 lambda: start_rollout_worker(cluster.engine, str(student_init), tcfg,
+                                                              str(run_dir / "audit.sqlite"), run_dir.name))
+    started = time.time()
+    for step in range(cfg.steps):
+        t0 = time.time()
+        scored, orchestrator = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)
+        metrics = learner.train_step(scored)
+        cluster.push_weights(learner.policy.state_dict(), version=step + 1)
+        log.log(step, metrics | rollout_metrics([s.trajectory for s in scored]) | orchestrator
+                | {"perf/step_s": time.time() - t0, "weights/version": step + 1})
+        log.phase(f"step {step + 1}: reverse KL " + ", ".join(
+            f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if k.startswith("opd/reverse_kl/")))
+        if cfg.opd.save_every and (step + 1) % cfg.opd.save_every == 0:
+            learner.policy.save_pretrained(run_dir / "student", tokenizer)
+    source.close()
+
+    # 4. The merged student, held-out pass rates after; summary.json; the run directory is the last line.
+    learner.policy.save_pretrained(run_dir / "student", tokenizer)
+    after = evaluate_domains(cluster, heldout, samples, "after", teachers)
+    for d in sorted(heldout):
+        log.phase(domain_line(d, "after", after[d], expert_scores[d], before[d]))
+    log.finish(distill_summary(cfg, before, after, expert_scores, log, run_dir / "student", time.time() - started))
+    teachers.shutdown()
+    cluster.shutdown()
+    print(run_dir.resolve())
+
+
+if __name__ == "__main__":
+    main()

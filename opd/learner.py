@@ -1,0 +1,52 @@
+"""The distillation learner: the student's policy learner from `rl/` driven by the OPD advantage.
+
+One step (ALGORITHMS.md §5 plugged into the §2.5 surrogate, group size 1, no critic):
+
+    log π_θ   <- no-grad forward of the learner on the batch (rollout temperature)
+    Â_t       =  task_coef·(R − R̄) + kl_coef·sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)]   on action tokens
+    L_π       =  DIS loss of `rl.losses` (ratio π_θ/μ against the engine's behaviour log-probs,
+                 token-mean over the batch), one optimiser step of `rl.learner.PolicyLearner`
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opd.advantages import distillation_advantages, sampled_reverse_kl, student_logprobs, task_advantage, teacher_tensor
+from opd.config import OPDConfig
+from opd.teacher import Scored
+from rl.batch import collate
+from rl.learner import PolicyLearner
+
+
+class OPDLearner:
+    def __init__(self, policy: PolicyLearner, opd: OPDConfig, pad_token_id: int) -> None:
+        self.policy, self.opd, self.pad_token_id = policy, opd, pad_token_id
+
+    def train_step(self, scored: list[Scored]) -> dict[str, float]:
+        """One policy step on scored student trajectories; returns learner and per-domain metrics."""
+        batch = collate([s.trajectory for s in scored], self.pad_token_id)
+        teacher = teacher_tensor(scored, batch.input_ids.shape[1]) * batch.action_mask
+        student = student_logprobs(self.policy, batch)
+        task_adv = (task_advantage(batch.rewards, batch.rollout_index, batch.action_mask)
+                    if self.opd.task_coef else None)
+        adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
+                                      task_adv)
+        row_kl = sampled_reverse_kl(teacher, student, batch.action_mask)
+        row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
+        metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
+                   "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),
+                   "train/action_tokens": batch.num_action_tokens, "train/samples": float(len(row_domain))}
+        for domain in sorted(set(row_domain)):
+            rows = [i for i, d in enumerate(row_domain) if d == domain]
+            metrics[f"opd/reverse_kl/{domain}"] = float(_token_weighted(row_kl, batch.action_mask, rows))
+            metrics[f"opd/pass_rate/{domain}"] = sum(s.trajectory.passed for s in scored if s.domain == domain) / \
+                sum(s.domain == domain for s in scored)
+        return metrics | self.policy.ppo_step(batch, adv)
+
+
+def _token_weighted(row_values: torch.Tensor, action_mask: torch.Tensor, rows) -> torch.Tensor:
+    """Mean of per-row means weighted by each row's action tokens (= the token mean over `rows`)."""
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    counts = (action_mask[idx] != 0).sum(-1).float()
+    return (row_values[idx] * counts).sum() / counts.sum().clamp(min=1.0)

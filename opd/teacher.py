@@ -1,0 +1,155 @@
+"""The teacher pool: every expert checkpoint served by its own engine actor, scoring student tokens.
+
+Scoring is prefill-only: the teacher gets each segment's token ids exactly as the student's engine
+sampled them (plus the observations and summaries of the segment, which are context) and returns
+log π_T(x_i | x_<i) for every token at the rollout temperature (slime #2085: teacher and student
+log-probs must describe the same tempered distribution). Nothing is decoded or re-tokenised, so
+teacher and student must share one tokenizer: :func:`check_compatible` refuses a run where they do
+not, before any actor starts.
+
+Routing is by sequence (ALGORITHMS.md §5): a prompt belongs to a domain (by its task family), a
+domain has exactly one expert, and a trajectory is scored by that expert only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from safetensors import safe_open
+from transformers import AutoConfig
+
+from envs.tasks import Task
+from opd.config import DomainConfig, ExpertConfig
+from rollout.hf_engine import HFEngineActor
+from rollout.tokenizer import load_tokenizer
+from rollout.trajectory import Trajectory
+
+
+class CheckpointError(RuntimeError):
+    """A model checkpoint that cannot be used; the message names its path."""
+
+
+class TokenizerMismatch(ValueError):
+    """Teacher and student do not share a tokenizer / vocabulary; OPD would compare unrelated ids."""
+
+
+def check_checkpoint(path: Path, role: str) -> None:
+    """Fail at start, naming `path`, if it is not a loadable `save_pretrained` checkpoint with a tokenizer:
+    config.json parses, a tokenizer loads, and every safetensors weight file has a readable header."""
+    if not path.is_dir():
+        raise CheckpointError(f"{role}: no checkpoint directory at {path}")
+    try:
+        AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{role}: the checkpoint at {path} has no usable config.json: {exc}") from exc
+    try:
+        load_tokenizer(path)
+    except (OSError, ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
+        raise CheckpointError(f"{role}: the checkpoint at {path} has no usable tokenizer: {exc}") from exc
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    if not weights:
+        raise CheckpointError(f"{role}: the checkpoint at {path} has no weight files (*.safetensors / *.bin)")
+    for file in weights:
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; name the file
+            raise CheckpointError(f"{role}: the weight file {file} is unreadable (corrupt or truncated): {exc}") from exc
+
+
+def check_compatible(student: Path, teacher: Path, teacher_name: str) -> None:
+    """Refuse an expert whose tokenizer or vocabulary differs from the student's.
+
+    OPD scores the student's token ids with the teacher, so id i must mean the same string for both
+    (same vocabulary, same special tokens) and both models must have the same output size."""
+    s_tok, t_tok = load_tokenizer(student), load_tokenizer(teacher)
+    s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
+    if s_vocab != t_vocab:
+        s_inv, t_inv = {i: w for w, i in s_vocab.items()}, {i: w for w, i in t_vocab.items()}
+        differ = sorted(i for i in set(s_inv) | set(t_inv) if s_inv.get(i) != t_inv.get(i))
+        shown = ", ".join(f"{i}: {s_inv.get(i)!r} vs {t_inv.get(i)!r}" for i in differ[:3])
+        raise TokenizerMismatch(
+            f"expert {teacher_name!r} ({teacher}) does not share the student's tokenizer ({student}): "
+            f"vocabularies of {len(t_vocab)} and {len(s_vocab)} entries, {len(differ)} ids differ (e.g. {shown}). "
+            "OPD scores the student's token ids with the teacher; train the experts from the same base model.")
+    specials = ("pad_token_id", "eos_token_id", "bos_token_id")
+    for attr in specials:
+        if getattr(s_tok, attr) != getattr(t_tok, attr):
+            raise TokenizerMismatch(f"expert {teacher_name!r} ({teacher}) has {attr} {getattr(t_tok, attr)}, "
+                                    f"the student ({student}) {getattr(s_tok, attr)}")
+    s_size = AutoConfig.from_pretrained(str(student), local_files_only=True).vocab_size
+    t_size = AutoConfig.from_pretrained(str(teacher), local_files_only=True).vocab_size
+    if s_size != t_size:
+        raise TokenizerMismatch(f"expert {teacher_name!r} ({teacher}) has an output vocabulary of {t_size} "
+                                f"logits, the student ({student}) {s_size}; they must be equal")
+
+
+class Router:
+    """Which domain a prompt belongs to (by task family) and which expert owns each domain."""
+
+    def __init__(self, domains: list[DomainConfig], experts: list[ExpertConfig]) -> None:
+        self.domain_of_family = {f: d.name for d in domains for f in d.families}
+        self.expert_of_domain = {e.domain: e.name for e in experts}
+
+    def domain(self, task: Task) -> str:
+        if task.family not in self.domain_of_family:
+            raise KeyError(f"task {task.task_id} (family {task.family!r}) belongs to no OPD domain "
+                           f"(families: {sorted(self.domain_of_family)})")
+        return self.domain_of_family[task.family]
+
+    def expert(self, task: Task) -> str:
+        return self.expert_of_domain[self.domain(task)]
+
+
+@dataclass
+class Scored:
+    """A student trajectory with its domain, the expert that scored it and that expert's
+    log-probs of every token of every segment (aligned with `Segment.tokens`, 0.0 at index 0)."""
+
+    trajectory: Trajectory
+    domain: str
+    expert: str
+    teacher_logprobs: list[list[float]] = field(repr=False, default_factory=list)
+
+
+class TeacherPool:
+    """One engine actor per expert (Ray); `submit` routes a trajectory to its domain's expert and
+    returns at once with a Ray reference to the log-probs, so scoring runs while students generate."""
+
+    def __init__(self, experts: list[ExpertConfig], router: Router, pad_token_id: int, temperature: float,
+                 seed: int, threads: int, max_batch: int, batch_wait_s: float) -> None:
+        self.router, self.temperature = router, temperature
+        self.paths = {e.name: e.checkpoint for e in experts}
+        self.actors = {
+            e.name: ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
+                e.checkpoint, pad_token_id, seed, threads, max_batch, batch_wait_s)
+            for e in experts
+        }
+        ray.get([a.weight_version.remote() for a in self.actors.values()])  # surface load errors here, naming the path
+
+    def submit(self, task: Task, trajectory: Trajectory) -> tuple[str, str, ray.ObjectRef]:
+        """(domain, expert, ref to the per-segment log-probs) for one trajectory of `task`."""
+        domain = self.router.domain(task)
+        expert = self.router.expert(task)
+        ref = self.actors[expert].score.remote([seg.tokens for seg in trajectory.segments], self.temperature)
+        return domain, expert, ref
+
+    def score(self, tasks: list[Task], trajectories: list[Trajectory]) -> list[Scored]:
+        """Score a list of trajectories (each by its own domain's expert) and wait for all of them."""
+        pending = [(traj, *self.submit(task, traj)) for task, traj in zip(tasks, trajectories)]
+        return [Scored(traj, domain, expert, logps)
+                for (traj, domain, expert, _), logps in zip(pending, ray.get([ref for *_, ref in pending]))]
+
+    def engine(self, expert: str):
+        """The engine actor of `expert` (it can also generate: the driver evaluates experts with it)."""
+        return self.actors[expert]
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor)

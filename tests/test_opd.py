@@ -1,0 +1,268 @@
+"""OPD pieces with real Ray, real hf engine actors and tiny models: the reverse-KL advantage on a
+hand-computed case, teacher scoring of the student's exact token ids, routing of every trajectory
+to its own domain's teacher (through the real rollout source), the learner step, and the start-up
+refusals (tokenizer / vocabulary mismatch, missing or corrupt checkpoints)."""
+
+import math
+import shutil
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from antihack.guard import GuardConfig
+from envs.solver import scripted_solution
+from envs.suite import builtin_suite
+from opd.advantages import (distillation_advantages, recovery, sampled_reverse_kl, task_advantage,
+                            teacher_tensor)
+from opd.config import DomainConfig, ExpertConfig, ModelSource, OPDConfig, check_opd
+from opd.experts import ensure_model
+from opd.learner import OPDLearner
+from opd.source import DomainMixture, ScoredRolloutSource
+from opd.teacher import (CheckpointError, Router, Scored, TeacherPool, TokenizerMismatch, check_checkpoint,
+                         check_compatible)
+from rl.async_rollout import start_rollout_worker
+from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, RolloutConfig, SamplingConfig,
+                       TrainConfig)
+from rl.learner import PolicyLearner, init_distributed
+from rl.orchestrator import RolloutCluster
+from rollout.agent import AgentConfig
+from rollout.chat import prompt_text, render_tool_call
+from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
+from rollout.trajectory import Segment, Trajectory
+
+SUITE = builtin_suite(0)
+FAMILIES = ("wrong_operator", "off_by_one")
+TASKS = [t for t in SUITE if t.split == "train" and t.family in FAMILIES]
+DOMAINS = [DomainConfig("ops", ["wrong_operator"], 1.0), DomainConfig("bounds", ["off_by_one"], 1.0)]
+
+
+def corpus(tasks):
+    return [prompt_text(t.instruction) + "".join(render_tool_call(c) for c in scripted_solution(t)) for t in tasks]
+
+
+def tiny_model(out, tok, seed, vocab_size=None):
+    cfg = Qwen2Config(vocab_size=vocab_size or len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A student and two experts sharing one tokenizer (different random weights), plus a model
+    with another tokenizer and one with another output size."""
+    root = tmp_path_factory.mktemp("opd_models")
+    tok = build_bpe_tokenizer(corpus(TASKS[:40]), 400, root / "tok")
+    other_tok = build_bpe_tokenizer(corpus(TASKS[40:80]) + ["zzz qqq xyzzy"] * 50, 420, root / "other_tok")
+    return {"student": tiny_model(root / "student", tok, 0), "ops": tiny_model(root / "ops", tok, 1),
+            "bounds": tiny_model(root / "bounds", tok, 2), "other_tok": tiny_model(root / "other", other_tok, 3),
+            "other_vocab": tiny_model(root / "wide", tok, 4, vocab_size=len(tok) + 8)}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def experts(models):
+    return [ExpertConfig(checkpoint=str(models["ops"]), name="ops_expert", domain="ops"),
+            ExpertConfig(checkpoint=str(models["bounds"]), name="bounds_expert", domain="bounds")]
+
+
+def direct_logprobs(path, ids, temperature):
+    """log softmax(z/T) of each given id, computed here with a plain forward (not the engine)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits[:-1] / temperature, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return [0.0] + logp.tolist()
+
+
+# ---- the formulas ------------------------------------------------------------------------------
+
+def test_reverse_kl_advantage_equals_the_hand_computed_value():
+    teacher = torch.tensor([[0.0, -1.0, -2.0, -0.5, -3.0]])
+    student = torch.tensor([[0.0, -1.5, -1.0, -0.5, -0.25]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]])
+    # Â_t = log π_T − log π_θ on action tokens: (-1 + 1.5, -2 + 1, ·, -3 + 0.25)
+    adv = distillation_advantages(teacher, student, mask, kl_coef=1.0)
+    assert adv.tolist() == [[0.0, 0.5, -1.0, 0.0, -2.75]]
+    # λ_opd scales it; a task advantage is added with its coefficient, on action tokens only
+    task = torch.tensor([[9.0, 0.4, 0.4, 9.0, 0.4]])
+    adv = distillation_advantages(teacher, student, mask, kl_coef=2.0, task_coef=0.5, task_adv=task)
+    assert torch.allclose(adv, torch.tensor([[0.0, 1.2, -1.8, 0.0, -5.3]]))
+    # per-token reverse KL estimate: mean of (log π_θ − log π_T) = (-0.5 + 1 + 2.75) / 3
+    assert sampled_reverse_kl(teacher, student, mask).item() == pytest.approx(3.25 / 3)
+    # stop-gradient: no gradient flows through the advantage into the student's log-probs
+    student.requires_grad_(True)
+    assert not distillation_advantages(teacher, student, mask, kl_coef=1.0).requires_grad
+
+
+def test_task_advantage_and_recovery():
+    rewards = torch.tensor([1.0, 1.0, 0.0])        # rollout 0 has two segments, rollout 1 one
+    rollout = torch.tensor([0, 0, 1])
+    mask = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    assert task_advantage(rewards, rollout, mask).tolist() == [[0.0, 0.5], [0.5, 0.5], [0.0, -0.5]]
+    assert recovery(before=0.1, after=0.37, expert=0.4) == pytest.approx(0.9)
+    assert math.isnan(recovery(before=0.5, after=0.6, expert=0.5))
+
+
+def test_opd_config_is_checked():
+    base = ModelSource(checkpoint="/b")
+    good = OPDConfig(domains=DOMAINS, experts=[ExpertConfig(checkpoint="/x", name="a", domain="ops"),
+                                               ExpertConfig(checkpoint="/y", name="b", domain="bounds")], base=base)
+    check_opd(good)
+    with pytest.raises(ValueError, match="exactly one expert"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=good.experts[:1], base=base))
+    with pytest.raises(ValueError, match="not in opd.domains"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=[good.experts[0], ExpertConfig("/z", name="c", domain="nope")],
+                            base=base))
+    with pytest.raises(ValueError, match="two domains"):
+        check_opd(OPDConfig(domains=[DOMAINS[0], DomainConfig("again", ["wrong_operator"])], experts=good.experts,
+                            base=base))
+
+
+# ---- start-up refusals ---------------------------------------------------------------------------
+
+def test_tokenizer_or_vocabulary_mismatch_is_refused(models):
+    check_compatible(models["student"], models["ops"], "ops_expert")
+    with pytest.raises(TokenizerMismatch, match=r"does not share the student's tokenizer") as err:
+        check_compatible(models["student"], models["other_tok"], "odd_expert")
+    assert str(models["other_tok"]) in str(err.value) and "odd_expert" in str(err.value)
+    with pytest.raises(TokenizerMismatch, match=r"output vocabulary of \d+ logits"):
+        check_compatible(models["student"], models["other_vocab"], "wide_expert")
+
+
+def test_missing_and_corrupt_checkpoints_name_the_path(models, tmp_path):
+    check_checkpoint(models["ops"], "expert 'ops'")
+    missing = tmp_path / "nowhere"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        check_checkpoint(missing, "expert 'x'")
+    with pytest.raises(CheckpointError, match=str(missing)):
+        ensure_model(ModelSource(checkpoint=str(missing)), "expert x", [], print)
+    broken = tmp_path / "broken"
+    shutil.copytree(models["ops"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=str(weights)):
+        check_checkpoint(broken, "expert 'broken'")
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match=str(broken)):
+        check_checkpoint(broken, "expert 'broken'")
+
+
+# ---- teacher scoring and routing -----------------------------------------------------------------
+
+def non_canonical_trajectory(tok, task, rollout_id):
+    """A trajectory whose action ids are a tokenisation the tokenizer would never produce (one id per
+    character): decoding and re-encoding them would give other, fewer ids."""
+    seg = Segment(rollout_id=rollout_id, index=0)
+    seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
+    chars = [tok.convert_tokens_to_ids(c) for c in "read_file"]
+    assert None not in chars and tok.encode(tok.decode(chars)) != chars
+    seg.append(chars, sampled=True, logprobs=[-1.0] * len(chars), versions=[0] * len(chars))
+    seg.append(tok.encode("\nok\n"), sampled=False)
+    return Trajectory(rollout_id=rollout_id, task_id=task.task_id, segments=[seg])
+
+
+def test_teacher_scores_the_students_token_ids_unchanged(models, ray_session):
+    tok = load_tokenizer(models["student"])
+    router = Router(DOMAINS, experts(models))
+    pool = TeacherPool(experts(models), router, tok.pad_token_id, temperature=0.7, seed=0, threads=1, max_batch=8,
+                       batch_wait_s=0.0)
+    try:
+        task = TASKS[0]
+        traj = non_canonical_trajectory(tok, task, "r0")
+        (scored,) = pool.score([task], [traj])
+        ids = traj.segments[0].tokens
+        assert len(scored.teacher_logprobs[0]) == len(ids)
+        expected = direct_logprobs(models[router.domain(task)], ids, 0.7)
+        assert scored.teacher_logprobs[0] == pytest.approx(expected, abs=1e-5)
+        # the temperature is the rollout's: at T = 1 the same ids score differently
+        assert scored.teacher_logprobs[0] != pytest.approx(direct_logprobs(models[router.domain(task)], ids, 1.0),
+                                                           abs=1e-3)
+    finally:
+        pool.shutdown()
+
+
+def rollout_config():
+    return TrainConfig(seed=0, engine=EngineConfig(num_threads=1, max_batch=64, batch_wait_s=0.005),
+                       agent=AgentConfig(max_turns=2, max_context_tokens=1024),
+                       sampling=SamplingConfig(max_new_tokens=8),
+                       rollout=RolloutConfig(num_workers=2, max_concurrent_per_worker=8, episodes_per_step=6),
+                       antihack=GuardConfig(enabled=False))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rollouts_are_routed_to_their_domains_teacher_only(models, ray_session, mode):
+    """Real student episodes from the domain mixture: every trajectory is scored by its domain's
+    expert (same log-probs as that expert computes directly), never by the other one."""
+    cfg = rollout_config()
+    tok = load_tokenizer(models["student"])
+    cluster = RolloutCluster(str(models["student"]), tok, cfg)
+    router = Router(DOMAINS, experts(models))
+    pool = TeacherPool(experts(models), router, tok.pad_token_id, temperature=1.0, seed=0, threads=1, max_batch=8,
+                       batch_wait_s=0.0)
+    tasks = {d.name: [t for t in TASKS if t.family in d.families] for d in DOMAINS}
+    mixture = DomainMixture(tasks, {"ops": 1.0, "bounds": 1.0}, seed=0)
+    source = ScoredRolloutSource(cluster, mixture, pool, mode, AsyncConfig(buffer_size=8, max_staleness=4),
+                                 lambda: start_rollout_worker(cluster.engine, str(models["student"]), cfg))
+    try:
+        scored, metrics = source.next_batch(6, learner_version=0)
+        assert len(scored) == 6 and len({s.trajectory.rollout_id for s in scored}) == 6
+        assert {s.domain for s in scored} == {"ops", "bounds"}   # seed 0 draws both domains
+        family = {t.task_id: t.family for t in TASKS}
+        for s in scored:
+            domain = "ops" if family[s.trajectory.task_id] == "wrong_operator" else "bounds"
+            assert (s.domain, s.expert) == (domain, f"{domain}_expert")
+            other = "bounds" if domain == "ops" else "ops"
+            ids = s.trajectory.segments[0].tokens
+            assert s.teacher_logprobs[0] == pytest.approx(direct_logprobs(models[domain], ids, 1.0), abs=1e-5)
+            assert s.teacher_logprobs[0] != pytest.approx(direct_logprobs(models[other], ids, 1.0), abs=1e-3)
+        if mode == "async":
+            assert metrics["orchestrator/in_flight"] >= 8 - 1   # the next batch is already generating
+    finally:
+        source.close()
+        pool.shutdown()
+        cluster.shutdown()
+
+
+def test_router_refuses_a_task_outside_every_domain(models):
+    router = Router(DOMAINS, experts(models))
+    stray = next(t for t in SUITE if t.family == "missing_case")
+    with pytest.raises(KeyError, match="belongs to no OPD domain"):
+        router.expert(stray)
+
+
+# ---- the learner ---------------------------------------------------------------------------------
+
+def test_opd_steps_move_the_student_toward_the_teacher(models):
+    """On fixed student samples scored by a teacher that likes them (log π_T = −0.1 on every action
+    token), OPD steps raise the student's log-probs toward the teacher's: |reverse KL| falls."""
+    init_distributed(DeepSpeedConfig(master_port=29631))
+    tok = load_tokenizer(models["student"])
+    trajs = []
+    for i, task in enumerate(TASKS[:8]):
+        seg = Segment(rollout_id=f"r{i}", index=0)
+        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
+        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:12]
+        seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
+        trajs.append(Trajectory(rollout_id=f"r{i}", task_id=task.task_id, segments=[seg]))
+    scored = [Scored(t, "ops", "ops_expert", [[-0.1 * m for m in t.segments[0].loss_mask]]) for t in trajs]
+    algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, dis_low=0.0, dis_high=1e9)
+    learner = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0),
+                         OPDConfig(domains=DOMAINS[:1]), tok.pad_token_id)
+    first = learner.train_step(scored)
+    for _ in range(8):
+        last = learner.train_step(scored)
+    assert math.isfinite(first["policy/loss"]) and math.isfinite(last["policy/grad_norm"])
+    assert abs(last["opd/reverse_kl/ops"]) < 0.5 * abs(first["opd/reverse_kl/ops"])
+    width = max(len(t.segments[0].tokens) for t in trajs)
+    assert teacher_tensor(scored, width).shape == (8, width)
