@@ -30,6 +30,7 @@ from typing import TextIO
 
 from envs.docker_sandbox import DEFAULT_DOCKER_URL, DEFAULT_IMAGE, DockerConfig, build_image, cleanup_stale
 from envs.env import CodingEnv
+from envs.leak import leaky_suite
 from envs.loaders import LoadedTasks, load_tasks
 from envs.sandbox import BACKENDS, LocalSandbox, SandboxError, SandboxLimits, make_sandbox
 from envs.solver import scripted_solution
@@ -43,6 +44,8 @@ DEFAULT_PACKAGES = "python3,git,python3-pytest"
 def _load_suite(name: str, seed: int, skip_broken: bool) -> LoadedTasks:
     if name == "builtin":
         return LoadedTasks(tuple(builtin_suite(seed)))
+    if name == "leaky":   # the hack-demo family (envs.leak), honest demonstrations
+        return LoadedTasks(tuple(leaky_suite(seed)))
     return load_tasks(Path(name), skip_broken=skip_broken)
 
 
