@@ -6,6 +6,9 @@
     horizonrl-bench engine       hf engine sampling throughput (tokens/s) on the default policy shape
     horizonrl-bench learner      DeepSpeed policy training throughput (tokens/s)
     horizonrl-bench async        the same PPO steps with orchestrator=sync, then async: wall time, speedup
+    horizonrl-bench gpu          on a CUDA GPU: hf engine generate tokens/s, learner PPO-step tokens/s and
+                                 weight-push GB/s with a random-init Qwen2 of 0.5B-class dims (refuses
+                                 without a GPU; scripts/gpu_check.sh runs it)
 """
 
 from __future__ import annotations
@@ -201,6 +204,157 @@ def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidd
                 for mode, r in (("sync", sync), ("async", asyn))}}
 
 
+# Qwen2.5-0.5B's dimensions (its config.json): 494M parameters, 136M of them in the tied embedding.
+QWEN2_05B_DIMS = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                  "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+                  "rope_theta": 1000000.0, "tie_word_embeddings": True}
+
+
+class NoGPUError(RuntimeError):
+    """`horizonrl-bench gpu` was asked for on a machine where torch sees no CUDA device."""
+
+
+def require_cuda() -> torch.device:
+    """The first CUDA device, or :class:`NoGPUError` naming what torch reports."""
+    if not torch.cuda.is_available():
+        raise NoGPUError(f"horizonrl-bench gpu needs a CUDA GPU, and torch {torch.__version__} sees none "
+                         f"(torch.cuda.is_available() is False; built with CUDA {torch.version.cuda}). "
+                         "Run it on a GPU machine (scripts/gpu_check.sh); the CPU benches are "
+                         "`horizonrl-bench engine` and `horizonrl-bench learner`.")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _gb(nbytes: int) -> float:
+    return nbytes / 1e9
+
+
+def state_nbytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _synced_time(fn):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
+
+
+def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch: int, train_seq_len: int,
+              steps: int, zero_stage: int, bf16: bool, engine_dtype: str, layers: int) -> dict:
+    """The GPU path, measured with a random-init Qwen2 of Qwen2.5-0.5B's dims (`layers` overrides the depth).
+
+    1. engine: :class:`rollout.hf_engine.HFGenerator` on the GPU (the class the `hf` Ray actor
+       serves; driven directly, no Ray), one batched KV-cache generate per batch size, random prompt
+       ids, no stop tokens, so every row samples `new_tokens` tokens; tokens/s = new tokens / wall time.
+    2. learner: :class:`rl.learner.PolicyLearner` (DeepSpeed, NCCL, ZeRO `zero_stage`, bf16 or fp32),
+       `steps` DIS policy steps (``ppo_step``) on `train_batch` x `train_seq_len` random tokens (the
+       last 3/4 of each row are action tokens, behaviour log-probs are the learner's own, advantages
+       N(0, 1)); train tokens/s = tokens forward + backward per second.
+    3. weight push, as the `hf` engine receives it: ``PolicyLearner.state_dict()`` (gathered to the CPU)
+       then ``HFGenerator.load_state`` (copied onto the GPU); and the disk sync's two halves
+       (:func:`rollout.weight_sync.save_checkpoint`, then safetensors read + ``load_state``).
+       GB/s = bytes of the state dict / wall time (best of `repeats`, after one untimed push).
+    """
+    device = require_cuda()  # before the heavy imports: a machine without a GPU is told at once
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from rl.batch import SampleBatch
+    from rl.config import AlgoConfig, DeepSpeedConfig
+    from rl.learner import PolicyLearner, init_distributed
+    from rollout.engine import SamplingParams
+    from rollout.hf_engine import HFGenerator
+    from rollout.weight_sync import save_checkpoint
+
+    props = torch.cuda.get_device_properties(device)
+    dims = QWEN2_05B_DIMS | {"num_hidden_layers": layers}
+    vocab = dims["vocab_size"]
+    result: dict = {"device": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "model": "qwen2 random init",
+                    "dims": dims}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**dims, pad_token_id=0), dtype=torch.float32)
+        result["params"] = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(str(model_dir))
+        del model
+        result["build_model_s"] = round(time.perf_counter() - t0, 1)
+
+        # 1. engine generation
+        gen = HFGenerator(model_dir, pad_token_id=0, seed=0, num_threads=4, device=str(device), dtype=engine_dtype)
+        rng = torch.Generator().manual_seed(1)
+        gen.generate([[1, 2, 3]] * 2, SamplingParams(max_new_tokens=8))  # warm-up (kernels, allocator)
+        generate = []
+        for b in batches:
+            prompts = torch.randint(1, vocab, (b, prompt_len), generator=rng).tolist()
+            torch.cuda.reset_peak_memory_stats(device)
+            outs, seconds = _synced_time(lambda: gen.generate(prompts, SamplingParams(max_new_tokens=new_tokens)))
+            tokens = sum(len(o.token_ids) for o in outs)
+            generate.append({"batch": b, "prompt_len": prompt_len, "new_tokens": tokens, "seconds": round(seconds, 3),
+                             "tokens_per_s": round(tokens / seconds, 1),
+                             "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)})
+        result["engine"] = {"dtype": engine_dtype, "generate": generate}
+
+        # 2. learner PPO (DIS) steps
+        ds = DeepSpeedConfig(zero_stage=zero_stage, bf16=bf16)
+        init_distributed(ds)
+        algo = AlgoConfig(micro_batch_tokens=train_batch * train_seq_len)
+        learner = PolicyLearner(model_dir, 1e-6, algo, ds, temperature=1.0)
+        ids = torch.randint(1, vocab, (train_batch, train_seq_len), generator=rng).to(device)
+        ones = torch.ones(train_batch, train_seq_len, device=device)
+        action = ones.clone()
+        action[:, : train_seq_len // 4] = 0
+        batch = SampleBatch(ids, ones.long(), action, torch.zeros_like(action), torch.ones(train_batch, device=device),
+                            torch.arange(train_batch, device=device),
+                            torch.zeros(train_batch, dtype=torch.long, device=device), action.sum(-1),
+                            torch.zeros(train_batch, dtype=torch.long, device=device))
+        batch.behavior_logprobs = learner.logprobs(batch)  # on-policy: the DIS ratio is 1, nothing masked
+        advantages = torch.randn(train_batch, train_seq_len, generator=rng).to(device) * action
+        torch.cuda.reset_peak_memory_stats(device)
+        learner.ppo_step(batch, advantages)  # warm-up
+        metrics, seconds = _synced_time(lambda: [learner.ppo_step(batch, advantages) for _ in range(steps)][-1])
+        tokens = train_batch * train_seq_len * steps
+        result["learner"] = {"zero_stage": zero_stage, "bf16": bf16, "batch": train_batch, "seq_len": train_seq_len,
+                             "steps": steps, "seconds": round(seconds, 3), "train_tokens_per_s": round(tokens / seconds, 1),
+                             "action_tokens_per_s": round(float(action.sum()) * steps / seconds, 1),
+                             "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+                             "policy_masked_fraction": round(metrics["policy/masked_fraction"], 4),
+                             "policy_grad_norm": round(metrics["policy/grad_norm"], 4)}
+
+        # 3. weight push learner -> engine
+        pushes = []
+        for version in range(1, 4):  # the first is untimed
+            state, gather_s = _synced_time(learner.state_dict)
+            _, load_s = _synced_time(lambda: gen.load_state(state, version))
+            pushes.append((gather_s, load_s))
+        nbytes = state_nbytes(state)
+        gather_s = min(p[0] for p in pushes[1:])
+        load_s = min(p[1] for p in pushes[1:])
+        total_s = min(p[0] + p[1] for p in pushes[1:])
+        disk = []
+        for version in range(4, 6):
+            out = Path(tmp) / "push"
+            _, save_s = _synced_time(lambda: save_checkpoint(state, model_dir, out))
+            files = sorted(out.glob("*.safetensors"))
+            _, read_s = _synced_time(lambda: gen.load_state(
+                {k: v for f in files for k, v in load_file(str(f)).items()}, version))
+            disk.append((save_s, read_s))
+        save_s, read_s = min(d[0] for d in disk), min(d[1] for d in disk)
+        if gen.version != 5:
+            raise RuntimeError(f"the engine reports weight version {gen.version} after the pushes, expected 5")
+        result["weight_push"] = {
+            "state_gb": round(_gb(nbytes), 3), "state_dtype": str(next(iter(state.values())).dtype).replace("torch.", ""),
+            "learner_state_dict_s": round(gather_s, 3), "learner_state_dict_gb_s": round(_gb(nbytes) / gather_s, 2),
+            "engine_load_state_s": round(load_s, 3), "engine_load_state_gb_s": round(_gb(nbytes) / load_s, 2),
+            "push_s": round(total_s, 3), "push_gb_s": round(_gb(nbytes) / total_s, 2),
+            "disk_save_s": round(save_s, 3), "disk_save_gb_s": round(_gb(nbytes) / save_s, 2),
+            "disk_load_s": round(read_s, 3), "disk_load_gb_s": round(_gb(nbytes) / read_s, 2)}
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="horizonrl-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -225,6 +379,17 @@ def main(argv: list[str] | None = None) -> None:
     ab.add_argument("--demo-tasks", type=int, default=48)
     ab.add_argument("--sft-steps", type=int, default=120)
     ab.add_argument("--threads", type=int, default=1)
+    gp = sub.add_parser("gpu", help="CUDA GPU: engine tokens/s, learner tokens/s, weight-push GB/s")
+    gp.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="engine batch sizes")
+    gp.add_argument("--prompt-len", type=int, default=256)
+    gp.add_argument("--new-tokens", type=int, default=256)
+    gp.add_argument("--train-batch", type=int, default=8)
+    gp.add_argument("--train-seq-len", type=int, default=1024)
+    gp.add_argument("--steps", type=int, default=5)
+    gp.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3))
+    gp.add_argument("--bf16", action="store_true", help="DeepSpeed bf16 (default: fp32 learner)")
+    gp.add_argument("--engine-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    gp.add_argument("--layers", type=int, default=QWEN2_05B_DIMS["num_hidden_layers"])
     for name in ("engine", "learner"):
         p = sub.add_parser(name)
         p.add_argument("--batch", type=int, default=32)
@@ -251,6 +416,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "async":
         result = bench_async(args.steps, args.episodes, args.buffer, args.max_staleness, args.hidden, args.layers,
                              args.max_turns, args.max_new_tokens, args.demo_tasks, args.sft_steps, args.threads)
+    elif args.what == "gpu":
+        try:
+            result = bench_gpu(args.batch, args.prompt_len, args.new_tokens, args.train_batch, args.train_seq_len,
+                               args.steps, args.zero_stage, args.bf16, args.engine_dtype, args.layers)
+        except NoGPUError as exc:
+            parser.exit(2, f"horizonrl-bench: error: {exc}\n")
     elif args.what == "engine":
         result = bench_engine(args.batch, args.seq_len, args.new_tokens, args.hidden, args.layers, args.threads)
     else:

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM
 
 from rollout.engine import GenerateOutput, SamplingParams
+
+# cuDNN's fused attention builds an execution plan for every new sequence length (about 2 ms of CPU
+# each, measured on an H100 with torch 2.11: a 0.5B model decoded at 95 ms/step instead of 20), and
+# decoding meets a new length at every step; generation uses the other attention kernels.
+GENERATE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -54,8 +60,12 @@ class HFGenerator:
                              f"unexpected {unexpected[:5]}")
         self.version = version
 
-    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerateOutput]:
+        with sdpa_kernel(GENERATE_SDPA_BACKENDS):
+            return self._generate(prompts, params)
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerateOutput]:
         device = self.device
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
