@@ -58,6 +58,7 @@ class OPDConfig:
     task_coef: float = 0.0           # weight of the task advantage R − mean(R) (0 = pure distillation)
     teacher_threads: int = 1         # torch threads of each teacher engine actor
     eval_samples_per_task: int = 4   # held-out episodes per task for before / after / expert
+    eval_max_tasks: int = 0          # held-out tasks per domain (the first N; 0 = all)
     save_every: int = 0              # also write the student (save_pretrained) every N steps (0 = at the end only)
 
 
@@ -124,6 +125,8 @@ def check_opd(opd: OPDConfig) -> None:
         raise ValueError(f"opd.student_init must be 'base' or an expert name {experts} (got {opd.student_init!r})")
     if opd.student_init == "base" and not opd.base.checkpoint:
         raise ValueError("opd.student_init is 'base' but opd.base.checkpoint is empty")
+    if opd.eval_max_tasks < 0:
+        raise ValueError(f"opd.eval_max_tasks must be >= 0 (got {opd.eval_max_tasks})")
     if opd.eval_samples_per_task < 1:
         raise ValueError(f"opd.eval_samples_per_task must be >= 1 (got {opd.eval_samples_per_task})")
 

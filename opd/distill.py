@@ -43,6 +43,8 @@ def student_init_path(cfg: DistillConfig) -> Path:
 
 
 def domain_tasks(cfg: DistillConfig, split: str) -> dict:
+    if cfg.suite.families:
+        raise ValueError("suite.families is not used by horizonrl-distill: the domains' families choose the tasks")
     tasks = load_suite(cfg.suite, split)
     return {d.name: [t for t in tasks if t.family in d.families] for d in cfg.opd.domains}
 
@@ -64,6 +66,7 @@ def main(raw: DictConfig) -> None:
         check_compatible(student_init, Path(expert.checkpoint), expert.name)
     tokenizer = load_tokenizer(student_init)
     train, heldout = domain_tasks(cfg, "train"), domain_tasks(cfg, "heldout")
+    heldout = {d: tasks[: cfg.opd.eval_max_tasks or None] for d, tasks in heldout.items()}
     log.phase("domains: " + ", ".join(f"{d}: {len(train[d])} train / {len(heldout[d])} held-out tasks" for d in train))
 
     # 2. Student engine + rollout workers, one teacher engine per expert; held-out pass rates before.
