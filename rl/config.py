@@ -145,6 +145,26 @@ class CheckpointConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """The Ray cluster and the GPU placement of learner, critic and engines (see rl/placement.py)."""
+
+    address: str = ""                  # empty = start a local Ray; "auto" | "host:6379" | "ray://host:10001" joins one
+    placement: str = "colocated"       # colocated (roles share GPUs, take turns) | disaggregated (separate GPUs)
+    learner_gpus: int = 0              # 0 = the learner runs on the CPU (no GPU bundles for it)
+    critic_gpus: int = 0               # disaggregated: the critic's own GPUs (0 = on the learner's)
+    ready_timeout_s: float = 300.0     # how long to wait for the cluster to hold the placement group
+
+    def __post_init__(self) -> None:
+        if self.learner_gpus < 0 or self.critic_gpus < 0 or self.ready_timeout_s <= 0:
+            raise ValueError(f"cluster: learner_gpus, critic_gpus >= 0 and ready_timeout_s > 0 are required (got {self})")
+        if self.placement not in ("colocated", "disaggregated"):
+            raise ValueError(f"cluster.placement must be colocated or disaggregated (got {self.placement!r})")
+        if self.critic_gpus and self.placement == "colocated":
+            raise ValueError("cluster.critic_gpus is for placement=disaggregated; colocated, the critic shares "
+                             "the learner's GPUs")
+
+
+@dataclass
 class LoggingConfig:
     wandb_mode: str = "offline"        # offline | online | disabled
     wandb_project: str = "horizonrl"
@@ -173,6 +193,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     async_rollout: AsyncConfig = field(default_factory=AsyncConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     antihack: GuardConfig = field(default_factory=GuardConfig)
     sglang: SGLangConfig = field(default_factory=SGLangConfig)
 
@@ -185,6 +206,7 @@ CHOICES = {
     "algo.policy_loss": ("dis", "ppo_clip"),
     "agent.compaction": ("none", "summary", "rule"),
     "orchestrator": ("sync", "async"),
+    "cluster.placement": ("colocated", "disaggregated"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

@@ -2,7 +2,7 @@
 
 The synchronous orchestrator runs: rollout -> train -> push weights -> repeat. The engine is an
 async Ray actor with dynamic batching; rollout workers are async Ray actors that each run many
-episodes at once. `ray.init(address=...)` joins an existing cluster with the same code.
+episodes at once. ``cluster.address`` joins an existing cluster with the same code (:func:`rl.placement.init_ray`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import ray
 
 from envs.tasks import Task
 from rl.config import TrainConfig
+from rl.placement import init_ray
 from rollout.chat import stop_token_ids
 from rollout.engine import SamplingParams
 from rollout.hf_engine import HFEngineActor
@@ -46,9 +47,7 @@ class RolloutCluster:
 
     def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig, audit_path: str | None = None,
                  run_name: str = "") -> None:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True,
-                     num_cpus=max(2, cfg.rollout.num_workers + 1))
+        init_ray(cfg.cluster, local_num_cpus=max(2, cfg.rollout.num_workers + 1))
         self.engine = start_engine(policy_path, tokenizer, cfg)
         self.workers = [
             ray.remote(RolloutWorker).options(num_cpus=0, max_concurrency=10_000).remote(
