@@ -245,7 +245,7 @@ def compute_advantages(batch: SampleBatch, values: torch.Tensor, algo: AlgoConfi
     lam_p = (torch.full_like(batch.rewards, algo.lam_policy) if algo.lam_policy is not None
              else length_adaptive_lambda(batch.rollout_action_tokens, algo.lam_policy_alpha))
     n_rollouts = int(batch.rollout_index.max()) + 1
-    rollout_rewards = torch.zeros(n_rollouts).scatter(0, batch.rollout_index, batch.rewards)
+    rollout_rewards = torch.zeros(n_rollouts, device=batch.rewards.device).scatter(0, batch.rollout_index, batch.rewards)
     adv, _ = gae_over_segments(rollout_rewards, values, batch.action_mask, batch.rollout_index,
                                batch.segment_index, algo.gamma, lam_p, algo.lam_critic, algo.gae_mode)
     _, ret = gae_over_segments(rollout_rewards, values, batch.action_mask, batch.rollout_index,
