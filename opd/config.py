@@ -139,6 +139,8 @@ def to_distill_config(cfg: DictConfig) -> DistillConfig:
         if value not in allowed:
             raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
     check_opd(typed.opd)
+    if typed.algo.policy_updates < 1:
+        raise ValueError(f"algo.policy_updates must be >= 1 (got {typed.algo.policy_updates})")
     return typed
 
 

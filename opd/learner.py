@@ -2,6 +2,7 @@
 
 One step (ALGORITHMS.md §5 plugged into the §2.5 surrogate, group size 1, no critic):
 
+    repeat algo.policy_updates times:
     log π_θ   <- no-grad forward of the learner on the batch (rollout temperature)
     Â_t       =  task_coef·(R − R̄) + kl_coef·sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)]   on action tokens
     L_π       =  DIS loss of `rl.losses` (ratio π_θ/μ against the engine's behaviour log-probs,
@@ -15,7 +16,7 @@ import torch
 from opd.advantages import distillation_advantages, sampled_reverse_kl, student_logprobs, task_advantage, teacher_tensor
 from opd.config import OPDConfig
 from opd.teacher import Scored
-from rl.batch import collate
+from rl.batch import collate, trainable
 from rl.learner import PolicyLearner
 
 
@@ -24,15 +25,23 @@ class OPDLearner:
         self.policy, self.opd, self.pad_token_id = policy, opd, pad_token_id
 
     def train_step(self, scored: list[Scored]) -> dict[str, float]:
-        """One policy step on scored student trajectories; returns learner and per-domain metrics."""
+        """`algo.policy_updates` policy steps on scored student trajectories (environment crashes left
+        out), each with Â recomputed from the current weights; returns learner and per-domain metrics
+        (the reverse KL of the weights the batch was scored against, i.e. before the first update)."""
+        keep = {t.rollout_id for t in trainable([s.trajectory for s in scored])}
+        scored = [s for s in scored if s.trajectory.rollout_id in keep]
         batch = collate([s.trajectory for s in scored], self.pad_token_id)
         teacher = teacher_tensor(scored, batch.input_ids.shape[1]) * batch.action_mask
-        student = student_logprobs(self.policy, batch)
         task_adv = (task_advantage(batch.rewards, batch.rollout_index, batch.action_mask)
                     if self.opd.task_coef else None)
-        adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
-                                      task_adv)
-        row_kl = sampled_reverse_kl(teacher, student, batch.action_mask)
+        learner_metrics: dict[str, float] = {}
+        for update in range(self.policy.algo.policy_updates):
+            student = student_logprobs(self.policy, batch)
+            if update == 0:
+                row_kl = sampled_reverse_kl(teacher, student, batch.action_mask)
+            adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
+                                          task_adv)
+            learner_metrics = self.policy.ppo_step(batch, adv)
         row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
         metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
                    "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),
@@ -42,7 +51,7 @@ class OPDLearner:
             metrics[f"opd/reverse_kl/{domain}"] = float(_token_weighted(row_kl, batch.action_mask, rows))
             metrics[f"opd/pass_rate/{domain}"] = sum(s.trajectory.passed for s in scored if s.domain == domain) / \
                 sum(s.domain == domain for s in scored)
-        return metrics | self.policy.ppo_step(batch, adv)
+        return metrics | learner_metrics
 
 
 def _token_weighted(row_values: torch.Tensor, action_mask: torch.Tensor, rows) -> torch.Tensor:
