@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import tempfile
@@ -241,16 +242,20 @@ def _synced_time(fn):
 
 
 def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch: int, train_seq_len: int,
-              steps: int, zero_stage: int, bf16: bool, engine_dtype: str, layers: int) -> dict:
+              steps: int, zero_stage: int, bf16: bool, engine_dtype: str, layers: int, actor_requests: int) -> dict:
     """The GPU path, measured with a random-init Qwen2 of Qwen2.5-0.5B's dims (`layers` overrides the depth).
 
     1. engine: :class:`rollout.hf_engine.HFGenerator` on the GPU (the class the `hf` Ray actor
        serves; driven directly, no Ray), one batched KV-cache generate per batch size, random prompt
        ids, no stop tokens, so every row samples `new_tokens` tokens; tokens/s = new tokens / wall time.
+       Then :class:`rollout.hf_engine.HFEngineActor` (the Ray actor's class, called in this process)
+       with `actor_requests` concurrent requests gathered by its dynamic batching.
     2. learner: :class:`rl.learner.PolicyLearner` (DeepSpeed, NCCL, ZeRO `zero_stage`, bf16 or fp32),
        `steps` DIS policy steps (``ppo_step``) on `train_batch` x `train_seq_len` random tokens (the
        last 3/4 of each row are action tokens, behaviour log-probs are the learner's own, advantages
-       N(0, 1)); train tokens/s = tokens forward + backward per second.
+       N(0, 1)); train tokens/s = tokens forward + backward per second. Then the whole critic-PPO step,
+       ``PPOLearner.train_step`` with a :class:`rl.learner.CriticLearner` (values, GAE, ``critic_updates``
+       critic steps, the policy step), rewards 0/1.
     3. weight push, as the `hf` engine receives it: ``PolicyLearner.state_dict()`` (gathered to the CPU)
        then ``HFGenerator.load_state`` (copied onto the GPU); and the disk sync's two halves
        (:func:`rollout.weight_sync.save_checkpoint`, then safetensors read + ``load_state``).
@@ -262,9 +267,9 @@ def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch:
 
     from rl.batch import SampleBatch
     from rl.config import AlgoConfig, DeepSpeedConfig
-    from rl.learner import PolicyLearner, init_distributed
+    from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
     from rollout.engine import SamplingParams
-    from rollout.hf_engine import HFGenerator
+    from rollout.hf_engine import HFEngineActor, HFGenerator
     from rollout.weight_sync import save_checkpoint
 
     props = torch.cuda.get_device_properties(device)
@@ -296,12 +301,31 @@ def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch:
             generate.append({"batch": b, "prompt_len": prompt_len, "new_tokens": tokens, "seconds": round(seconds, 3),
                              "tokens_per_s": round(tokens / seconds, 1),
                              "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)})
-        result["engine"] = {"dtype": engine_dtype, "generate": generate}
+        # the same model behind HFEngineActor's dynamic batching (the class the Ray actor serves,
+        # driven in this process): `actor_requests` concurrent single-prompt requests
+        actor = HFEngineActor(str(model_dir), 0, 0, 4, max_batch=actor_requests, batch_wait_s=0.005,
+                              device=str(device), dtype=engine_dtype)
+        actor_prompts = torch.randint(1, vocab, (actor_requests, prompt_len), generator=rng).tolist()
+
+        async def serve() -> tuple[list, float]:
+            await asyncio.gather(*(actor.generate(p, SamplingParams(max_new_tokens=8)) for p in actor_prompts[:2]))
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            outs = await asyncio.gather(*(actor.generate(p, SamplingParams(max_new_tokens=new_tokens))
+                                          for p in actor_prompts))
+            return outs, time.perf_counter() - t0
+        outs, seconds = asyncio.run(serve())
+        tokens = sum(len(o.token_ids) for o in outs)
+        result["engine"] = {"dtype": engine_dtype, "generate": generate,
+                            "actor": {"concurrent_requests": actor_requests, "prompt_len": prompt_len,
+                                      "new_tokens": tokens, "seconds": round(seconds, 3),
+                                      "tokens_per_s": round(tokens / seconds, 1)}}
+        del actor
 
         # 2. learner PPO (DIS) steps
         ds = DeepSpeedConfig(zero_stage=zero_stage, bf16=bf16)
         init_distributed(ds)
-        algo = AlgoConfig(micro_batch_tokens=train_batch * train_seq_len)
+        algo = AlgoConfig(micro_batch_tokens=train_batch * train_seq_len, critic_warmup_steps=0)
         learner = PolicyLearner(model_dir, 1e-6, algo, ds, temperature=1.0)
         ids = torch.randint(1, vocab, (train_batch, train_seq_len), generator=rng).to(device)
         ones = torch.ones(train_batch, train_seq_len, device=device)
@@ -323,6 +347,18 @@ def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch:
                              "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
                              "policy_masked_fraction": round(metrics["policy/masked_fraction"], 4),
                              "policy_grad_norm": round(metrics["policy/grad_norm"], 4)}
+
+        # the whole critic-PPO step (PPOLearner.train_step): values -> GAE -> critic steps -> policy step
+        torch.cuda.empty_cache()
+        ppo = PPOLearner(learner, CriticLearner(model_dir, algo, ds), algo)
+        batch.rewards = torch.randint(0, 2, (train_batch,), generator=rng).float().to(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        ppo.train_step(batch)  # warm-up
+        metrics, seconds = _synced_time(lambda: [ppo.train_step(batch) for _ in range(steps)][-1])
+        result["ppo_step"] = {"critic_updates": algo.critic_updates, "steps": steps, "seconds": round(seconds, 3),
+                              "tokens_per_s": round(tokens / seconds, 1),
+                              "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+                              "critic_loss": round(metrics["critic/loss"], 4)}
 
         # 3. weight push learner -> engine
         pushes = []
@@ -390,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     gp.add_argument("--bf16", action="store_true", help="DeepSpeed bf16 (default: fp32 learner)")
     gp.add_argument("--engine-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     gp.add_argument("--layers", type=int, default=QWEN2_05B_DIMS["num_hidden_layers"])
+    gp.add_argument("--actor-requests", type=int, default=64, help="concurrent requests to the engine actor")
     for name in ("engine", "learner"):
         p = sub.add_parser(name)
         p.add_argument("--batch", type=int, default=32)
@@ -419,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "gpu":
         try:
             result = bench_gpu(args.batch, args.prompt_len, args.new_tokens, args.train_batch, args.train_seq_len,
-                               args.steps, args.zero_stage, args.bf16, args.engine_dtype, args.layers)
+                               args.steps, args.zero_stage, args.bf16, args.engine_dtype, args.layers,
+                               args.actor_requests)
         except NoGPUError as exc:
             parser.exit(2, f"horizonrl-bench: error: {exc}\n")
     elif args.what == "engine":
