@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rl.batch import SampleBatch, micro_batches
-from rl.learner import PolicyLearner
 from rl.losses import reverse_kl_advantage
 from opd.teacher import Scored
 
@@ -63,15 +61,3 @@ def teacher_tensor(scored: list[Scored], width: int) -> Tensor:
     for i, logps in enumerate(rows):
         out[i, : len(logps)] = torch.tensor(logps, dtype=torch.float)
     return out
-
-
-@torch.no_grad()
-def student_logprobs(policy: PolicyLearner, batch: SampleBatch) -> Tensor:
-    """log π_θ(x_i | x_<i) of the learner's current weights at the rollout temperature, ``[B, T]``
-    (the "π_θ^train" of GLM-5 eq. 2), one no-grad forward per micro-batch."""
-    out = torch.zeros_like(batch.action_mask)
-    for idx in micro_batches(batch, policy.algo.micro_batch_tokens):
-        mb = batch.rows(idx)
-        logp, _ = policy.forward(mb)
-        out[torch.tensor(idx), : mb.input_ids.shape[1]] = logp.float()
-    return out * batch.action_mask

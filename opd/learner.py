@@ -3,17 +3,17 @@
 One step (ALGORITHMS.md §5 plugged into the §2.5 surrogate, group size 1, no critic):
 
     repeat algo.policy_updates times:
-    log π_θ   <- no-grad forward of the learner on the batch (rollout temperature)
+    log π_θ   <- no-grad forward of the learner on the batch (rollout temperature; the first one is π_old)
     Â_t       =  task_coef·(R − R̄) + kl_coef·sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)]   on action tokens
-    L_π       =  DIS loss of `rl.losses` (ratio π_θ/μ against the engine's behaviour log-probs,
-                 token-mean over the batch), one optimiser step of `rl.learner.PolicyLearner`
+    L_π       =  the policy loss of `rl.learner.PolicyLearner.ppo_step` (`algo.policy_loss`: DIS against the
+                 engine's behaviour log-probs, or PPO-clip against π_old), token-mean, one optimiser step
 """
 
 from __future__ import annotations
 
 import torch
 
-from opd.advantages import distillation_advantages, sampled_reverse_kl, student_logprobs, task_advantage, teacher_tensor
+from opd.advantages import distillation_advantages, sampled_reverse_kl, task_advantage, teacher_tensor
 from opd.config import OPDConfig
 from opd.teacher import Scored
 from rl.batch import collate, trainable
@@ -36,12 +36,12 @@ class OPDLearner:
                     if self.opd.task_coef else None)
         learner_metrics: dict[str, float] = {}
         for update in range(self.policy.algo.policy_updates):
-            student = student_logprobs(self.policy, batch)
+            student = self.policy.logprobs(batch) * batch.action_mask
             if update == 0:
-                row_kl = sampled_reverse_kl(teacher, student, batch.action_mask)
+                old, row_kl = student, sampled_reverse_kl(teacher, student, batch.action_mask)
             adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
                                           task_adv)
-            learner_metrics = self.policy.ppo_step(batch, adv)
+            learner_metrics = self.policy.ppo_step(batch, adv, old_logprobs=old)
         row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
         metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
                    "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),
