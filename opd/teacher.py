@@ -78,11 +78,12 @@ def check_compatible(student: Path, teacher: Path, teacher_name: str) -> None:
             f"expert {teacher_name!r} ({teacher}) does not share the student's tokenizer ({student}): "
             f"vocabularies of {len(t_vocab)} and {len(s_vocab)} entries, {len(differ)} ids differ (e.g. {shown}). "
             "OPD scores the student's token ids with the teacher; train the experts from the same base model.")
-    specials = ("pad_token_id", "eos_token_id", "bos_token_id")
-    for attr in specials:
-        if getattr(s_tok, attr) != getattr(t_tok, attr):
-            raise TokenizerMismatch(f"expert {teacher_name!r} ({teacher}) has {attr} {getattr(t_tok, attr)}, "
-                                    f"the student ({student}) {getattr(s_tok, attr)}")
+    specials = {"pad_token_id": (s_tok.pad_token_id, t_tok.pad_token_id),
+                "eos_token_id": (s_tok.eos_token_id, t_tok.eos_token_id),
+                "bos_token_id": (s_tok.bos_token_id, t_tok.bos_token_id)}
+    for name, (s_id, t_id) in specials.items():
+        if s_id != t_id:
+            raise TokenizerMismatch(f"expert {teacher_name!r} ({teacher}) has {name} {t_id}, the student ({student}) {s_id}")
     s_size = AutoConfig.from_pretrained(str(student), local_files_only=True).vocab_size
     t_size = AutoConfig.from_pretrained(str(teacher), local_files_only=True).vocab_size
     if s_size != t_size:
