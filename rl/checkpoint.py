@@ -102,6 +102,7 @@ def save_checkpoint(root: Path, step: int, learner: PPOLearner, sampler: TaskSam
         "format": FORMAT, "step": step, "version": version, "steps_done": learner.steps_done,
         "sampler": sampler.state(), "sampler_fingerprint": sampler_fingerprint(sampler),
         "metrics_history": metrics_history, "extra": extra,
+        "reference": str(learner.policy.reference.path) if learner.policy.reference is not None else None,
     })  # serialise first: a value that is not JSON fails before anything is written
 
     if rank == 0:
@@ -139,6 +140,20 @@ def save_checkpoint(root: Path, step: int, learner: PPOLearner, sampler: TaskSam
         _prune(root, step, keep)
     _barrier()
     return final
+
+
+def reference_of(path: Path | None) -> Path | None:
+    """The KL reference policy (``algo.kl_coef``) of the run that wrote checkpoint `path`: the policy
+    that run started RL from, so a resumed run keeps the same one. None when `path` is None or the
+    run had no reference."""
+    if path is None:
+        return None
+    ckpt = resolve_checkpoint(Path(path))
+    try:
+        reference = json.loads((ckpt / STATE).read_text()).get("reference")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / STATE}: unreadable checkpoint state ({e})") from e
+    return Path(reference) if reference else None
 
 
 def load_checkpoint(path: Path, learner: PPOLearner, sampler: TaskSampler) -> ResumeState:

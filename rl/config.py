@@ -106,6 +106,7 @@ class AlgoConfig:
     clip_low: float = 0.2                       # ppo_clip: r_t = pi/pi_old clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28
     policy_updates: int = 1                     # optimiser steps per batch, each over the whole batch (epochs)
+    kl_coef: float = 0.0                        # > 0: + kl_coef * KL(pi_theta || pi_ref) (k3), pi_ref = the policy RL started from
 
 
 @dataclass

@@ -25,7 +25,8 @@ from critic.gae import gae_over_segments, length_adaptive_lambda
 from critic.losses import clipped_value_loss, explained_variance
 from rl.batch import SampleBatch, micro_batches
 from rl.config import AlgoConfig, DeepSpeedConfig
-from rl.losses import dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss
+from rl.losses import (dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss,
+                       reference_kl_loss)
 
 
 def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1) -> None:
@@ -91,13 +92,31 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
     return torch.nn.functional.pad(picked, (1, 0))
 
 
+class ReferencePolicy:
+    """A frozen copy of the policy RL started from, for the KL penalty (``algo.kl_coef``)."""
+
+    def __init__(self, model_path: Path, temperature: float) -> None:
+        self.path = Path(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
+        self.model.eval().requires_grad_(False)
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def logprobs(self, mb: SampleBatch) -> torch.Tensor:
+        logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+        return token_logprobs(logits, mb.input_ids, self.temperature)
+
+
 class PolicyLearner:
     def __init__(self, model_path: Path, lr: float, algo: AlgoConfig, ds: DeepSpeedConfig, temperature: float,
-                 warmup_steps: int = 0) -> None:
+                 warmup_steps: int = 0, reference: Path | None = None) -> None:
+        """`reference`: the policy RL started from (default `model_path`), used when ``algo.kl_coef`` > 0;
+        a resumed run passes the original one."""
         model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
         self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
         self.algo = algo
         self.temperature = temperature
+        self.reference = ReferencePolicy(reference or model_path, temperature) if algo.kl_coef > 0 else None
 
     def forward(self, mb: SampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
@@ -132,7 +151,7 @@ class PolicyLearner:
         surrogate against `old_logprobs` (π_old: the weights before this batch's first update)."""
         n = batch.num_action_tokens
         sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0,
-                "clipfrac": 0.0}
+                "clipfrac": 0.0, "kl_ref": 0.0}
         if self.algo.policy_loss == "ppo_clip" and old_logprobs is None:
             raise ValueError("algo.policy_loss = ppo_clip needs the batch's log-probs under pi_old")
 
@@ -151,9 +170,13 @@ class PolicyLearner:
                 loss, st = dis_policy_loss(logp, mb.behavior_logprobs, adv, mb.action_mask,
                                            eps_low=1.0 - self.algo.dis_low, eps_high=self.algo.dis_high - 1.0,
                                            num_tokens=n, tis_cap=self.algo.tis_cap)
+            if self.reference is not None:
+                kl_loss, st["kl_ref"] = reference_kl_loss(logp, self.reference.logprobs(mb), mb.action_mask,
+                                                          self.algo.kl_coef, num_tokens=n)
+                loss = loss + kl_loss
             w = mb.num_action_tokens / n
-            for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac"):
-                sums[k] += st[k] * w
+            for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac", "kl_ref"):
+                sums[k] += st.get(k, 0.0) * w
             with torch.no_grad():
                 ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)
                 sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n

@@ -97,6 +97,22 @@ def dis_policy_loss(logprobs: Tensor, behavior_logprobs: Tensor, advantages: Ten
     return loss, stats
 
 
+def reference_kl_loss(logprobs: Tensor, ref_logprobs: Tensor, action_mask: Tensor, coef: float,
+                      num_tokens: float) -> tuple[Tensor, float]:
+    """KL penalty towards a frozen reference policy (the "low-variance" k3 estimator), token sum / N:
+
+        log r_t = log π_ref(a_t|h_t) − log π_θ(a_t|h_t)      (clamped to [−10, 10])
+        L_KL = coef · (1/N) Σ_t (r_t − 1 − log r_t)
+
+    With a_t ~ π_θ, E[r − 1 − log r] = KL(π_θ‖π_ref) ≥ 0, and every term is ≥ 0. Returns the loss
+    and the mean per-token estimate over this batch's action tokens."""
+    _check_same_2d(logprobs=logprobs, ref_logprobs=ref_logprobs, action_mask=action_mask)
+    _check_num_tokens(num_tokens)
+    mask = action_mask.to(logprobs.dtype)
+    kl = k3_kl((ref_logprobs.detach() - logprobs).clamp(-10.0, 10.0)) * mask
+    return coef * kl.sum() / num_tokens, _masked_mean(kl.detach(), mask)
+
+
 def ppo_clip_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, action_mask: Tensor,
                          clip_low: float, clip_high: float, num_tokens: float) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate (asymmetric "clip-higher" bounds), token sum over the global count N:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.suite import load_suite
 from rl.async_rollout import rollout_source
 from rl.batch import collate, trainable
-from rl.checkpoint import POLICY_HF, load_checkpoint, resolve_checkpoint, save_checkpoint
+from rl.checkpoint import POLICY_HF, load_checkpoint, reference_of, resolve_checkpoint, save_checkpoint
 from rl.config import register_configs, to_train_config
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
 from rl.observe import RunLogger, run_summary
@@ -61,7 +61,8 @@ def main(raw: DictConfig) -> None:
     log.phase(f"held-out pass rate before RL: {before.pass_rate:.3f} ({before.episodes} episodes)")
 
     # 3. Critic PPO: rollout -> train -> push weights, every step; a checkpoint every `checkpoint.every`.
-    learner = PPOLearner(PolicyLearner(policy_path, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed, cfg.sampling.temperature),
+    learner = PPOLearner(PolicyLearner(policy_path, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed, cfg.sampling.temperature,
+                                       reference=reference_of(resume)),  # KL reference: the policy RL started from
                          CriticLearner(policy_path, cfg.algo, cfg.deepspeed), cfg.algo)
     sampler, start, ema, checkpoint = TaskSampler(rl_tasks, cfg.seed), 0, before.pass_rate, resume
     if resume is not None:

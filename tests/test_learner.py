@@ -130,3 +130,32 @@ def test_ppo_clip_epochs_stop_pushing_once_the_ratio_leaves_the_clip_range(model
     assert ratio.median() < 1.0 + 3 * algo.clip_high   # the clip held most of them back
     with pytest.raises(ValueError, match="pi_old"):
         policy.ppo_step(batch, adv)
+
+
+def test_kl_penalty_keeps_the_policy_near_its_reference_and_resume_keeps_the_reference(model_dir, tmp_path):
+    """The same PPO steps with and without `kl_coef`: with it the policy ends closer to the policy
+    it started from. A checkpoint records that reference, so a resumed run keeps it."""
+    from rl.checkpoint import reference_of, save_checkpoint
+    from rl.orchestrator import TaskSampler
+    from envs.suite import builtin_suite
+    batch = collate(make_trajectories(24, 11), pad_token_id=0)
+    ds = DeepSpeedConfig(zero_stage=0)
+    drift = {}
+    for coef in (0.0, 5.0):
+        algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, micro_batch_tokens=64, kl_coef=coef)
+        policy = PolicyLearner(model_dir, algo.policy_lr, algo, ds, temperature=1.0)
+        start = policy.logprobs(batch)
+        batch.behavior_logprobs = start * batch.action_mask
+        adv = compute_advantages(batch, torch.zeros_like(batch.action_mask), algo).advantages
+        for _ in range(8):
+            metrics = policy.ppo_step(batch, adv)
+        logr = (policy.logprobs(batch) - start)[batch.action_mask.bool()]
+        drift[coef] = float((torch.exp(-logr) - 1 + logr).mean())   # k3 estimate of KL(pi || pi_start)
+        if coef:
+            assert metrics["policy/kl_ref"] > 0.0 and policy.reference.path == model_dir
+    assert drift[5.0] < 0.5 * drift[0.0]
+    learner = PPOLearner(policy, CriticLearner(model_dir, algo, ds), algo)
+    sampler = TaskSampler([t for t in builtin_suite(0) if t.split == "train"][:4], seed=0)
+    ckpt = save_checkpoint(tmp_path / "ckpts", 1, learner, sampler, version=1, metrics_history=[], extra={})
+    assert reference_of(ckpt) == model_dir and reference_of(tmp_path / "ckpts") == model_dir
+    assert reference_of(None) is None

@@ -238,3 +238,21 @@ def test_reverse_kl_advantage():
     adv = reverse_kl_advantage(teacher, student, mask)
     assert_close(adv, [[0.5, -1.0, 0.0]])
     assert not adv.requires_grad
+
+
+def test_reference_kl_loss_matches_the_hand_computed_k3_and_is_zero_at_the_reference():
+    from rl.losses import reference_kl_loss
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -2.0, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, mean_kl = reference_kl_loss(logp, ref, mask, coef=0.5, num_tokens=4)
+    # token 0: log r = -0.5 -> e^-0.5 - 1 + 0.5; token 1: log r = 0 -> 0; token 2 masked
+    k0 = math.exp(-0.5) - 1 + 0.5
+    assert loss.item() == pytest.approx(0.5 * k0 / 4, rel=1e-6)
+    assert mean_kl == pytest.approx(k0 / 2, rel=1e-6)
+    loss.backward()
+    # d/dlogp of (e^{ref-logp} - 1 - (ref-logp)) = 1 - e^{ref-logp}: pushes logp toward ref
+    assert logp.grad[0, 0].item() == pytest.approx(0.5 * (1 - math.exp(-0.5)) / 4, rel=1e-6)
+    assert logp.grad[0, 1].item() == 0.0 and logp.grad[0, 2].item() == 0.0
+    same, kl = reference_kl_loss(ref.clone(), ref, mask, coef=1.0, num_tokens=2)
+    assert same.item() == 0.0 and kl == 0.0
