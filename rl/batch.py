@@ -32,6 +32,12 @@ class SampleBatch:
     def num_action_tokens(self) -> float:
         return float(self.action_mask.sum())
 
+    def to(self, device: torch.device | str) -> "SampleBatch":
+        """The batch on `device` (the learner's): collate builds it on the CPU."""
+        return SampleBatch(*(t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
+            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version)))
+
     def rows(self, idx: list[int]) -> "SampleBatch":
         """A micro-batch: the given rows, trimmed to their longest sequence."""
         sel = torch.tensor(idx, dtype=torch.long)

@@ -95,10 +95,10 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 class ReferencePolicy:
     """A frozen copy of the policy RL started from, for the KL penalty (``algo.kl_coef``)."""
 
-    def __init__(self, model_path: Path, temperature: float) -> None:
+    def __init__(self, model_path: Path, temperature: float, device: torch.device | str = "cpu") -> None:
         self.path = Path(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
-        self.model.eval().requires_grad_(False)
+        self.model.to(device).eval().requires_grad_(False)
         self.temperature = temperature
 
     @torch.no_grad()
@@ -116,7 +116,8 @@ class PolicyLearner:
         self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
         self.algo = algo
         self.temperature = temperature
-        self.reference = ReferencePolicy(reference or model_path, temperature) if algo.kl_coef > 0 else None
+        self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device)
+                          if algo.kl_coef > 0 else None)
 
     def forward(self, mb: SampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
@@ -125,6 +126,7 @@ class PolicyLearner:
 
     def sft_step(self, batch: SampleBatch) -> dict:
         """Cross-entropy on the demonstrations' action tokens, token-mean over the batch."""
+        batch = batch.to(self.engine.device)
         n = batch.num_action_tokens
         stats = {"nll": 0.0}
 
@@ -288,6 +290,7 @@ class PPOLearner:
         self.steps_done = 0
 
     def train_step(self, batch: SampleBatch) -> dict:
+        batch = batch.to(self.policy.engine.device)  # collated on the CPU; the learner may be on a GPU
         values = self.critic.values(batch)
         adv = compute_advantages(batch, values, self.algo)
         metrics = {"critic/explained_variance": explained_variance(values, adv.returns, batch.action_mask),
