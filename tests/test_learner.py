@@ -159,3 +159,18 @@ def test_kl_penalty_keeps_the_policy_near_its_reference_and_resume_keeps_the_ref
     ckpt = save_checkpoint(tmp_path / "ckpts", 1, learner, sampler, version=1, metrics_history=[], extra={})
     assert reference_of(ckpt) == model_dir and reference_of(tmp_path / "ckpts") == model_dir
     assert reference_of(None) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("policy_loss", ["dis", "ppo_clip"])
+def test_train_step_on_a_gpu_takes_the_drivers_cpu_batch(model_dir, policy_loss):
+    """The train driver collates on the CPU; the learner moves the batch (and the KL reference) to its GPU."""
+    algo = AlgoConfig(critic_warmup_steps=0, kl_coef=0.1, policy_loss=policy_loss, policy_updates=2,
+                      micro_batch_tokens=64)
+    learner = PPOLearner(PolicyLearner(model_dir, 1e-3, algo, DeepSpeedConfig(), 1.0),
+                         CriticLearner(model_dir, algo, DeepSpeedConfig()), algo)
+    assert learner.policy.engine.device.type == "cuda"
+    batch = collate(make_trajectories(16, 13), pad_token_id=0)
+    metrics = [learner.train_step(batch) for _ in range(2)][-1]
+    assert all(math.isfinite(v) for v in metrics.values()) and metrics["policy/kl_ref"] >= 0.0
+    assert learner.policy.sft_step(batch)["sft/nll"] > 0.0
