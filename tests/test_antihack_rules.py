@@ -199,9 +199,9 @@ def test_pathological_shell_text_returns_quickly(rules):
                 "2>&12>&1case$Xbash -c'&&<${#$(#'&&if};git log --all\t\t ",
                 "&&))=(>>((echosudo/work/.eval#!$( $(<<EOF\n';'\nEOF\ngit log --all< {sudo)",
                 "echo " + "$(" * 200 + "x" + ")" * 200, "echo " + "a " * 20000):
-        start = time.monotonic()
+        start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
         ids = _ids(rules, cmd)
-        assert time.monotonic() - start < 2.0
+        assert time.process_time() - start < 2.0
         assert "obfuscation.unparseable" in ids or cmd.startswith("echo a")
 
 
