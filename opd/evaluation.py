@@ -15,7 +15,7 @@ from envs.tasks import Task
 from opd.teacher import TeacherPool
 from rl.async_rollout import start_rollout_worker
 from rl.config import TrainConfig
-from rl.orchestrator import EvalResult, evaluate
+from rl.orchestrator import EvalResult, evaluate, rollout_round_robin
 from rollout.engine import SamplingParams
 from rollout.trajectory import Trajectory
 
@@ -28,12 +28,7 @@ class EngineWorkers:
         self.sampling = sampling
 
     def rollout(self, tasks: list[Task], rollout_ids: list[str]) -> list[Trajectory]:
-        shards = [list(zip(tasks[i::len(self.workers)], rollout_ids[i::len(self.workers)]))
-                  for i in range(len(self.workers))]
-        results = ray.get([w.run_episodes.remote(shard, self.sampling)
-                           for w, shard in zip(self.workers, shards) if shard])
-        by_id = {t.rollout_id: t for shard in results for t in shard}
-        return [by_id[rid] for rid in rollout_ids]
+        return rollout_round_robin(self.workers, tasks, rollout_ids, self.sampling)
 
     def shutdown(self) -> None:
         for worker in self.workers:

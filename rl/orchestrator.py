@@ -61,12 +61,7 @@ class RolloutCluster:
 
     def rollout(self, tasks: list[Task], rollout_ids: list[str]) -> list[Trajectory]:
         """Run one episode per task, spread round-robin over the workers; returns in input order."""
-        shards = [list(zip(tasks[i::len(self.workers)], rollout_ids[i::len(self.workers)]))
-                  for i in range(len(self.workers))]
-        results = ray.get([w.run_episodes.remote(shard, self.sampling)
-                           for w, shard in zip(self.workers, shards) if shard])
-        by_id = {t.rollout_id: t for shard in results for t in shard}
-        return [by_id[rid] for rid in rollout_ids]
+        return rollout_round_robin(self.workers, tasks, rollout_ids, self.sampling)
 
     def push_weights(self, state: dict, version: int) -> None:
         ray.get(self.engine.update_weights.remote(ray.put(state), version))
@@ -173,3 +168,12 @@ def rollout_metrics(trajectories: list[Trajectory]) -> dict:
         "rollout/submitted": statuses.count("submitted") / n,
         "rollout/env_errors": statuses.count("env_error") / n,
     } | hack_metrics(trajectories)
+
+
+def rollout_round_robin(workers: list, tasks: list[Task], rollout_ids: list[str],
+                        sampling: SamplingParams) -> list[Trajectory]:
+    """One episode per task on rollout-worker actors, tasks dealt round-robin; returns in input order."""
+    shards = [list(zip(tasks[i::len(workers)], rollout_ids[i::len(workers)])) for i in range(len(workers))]
+    results = ray.get([w.run_episodes.remote(shard, sampling) for w, shard in zip(workers, shards) if shard])
+    by_id = {t.rollout_id: t for shard in results for t in shard}
+    return [by_id[rid] for rid in rollout_ids]
