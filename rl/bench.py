@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import random
 import json
 import os
 import tempfile
@@ -96,13 +98,29 @@ def _tree_cpu_s(root: int) -> float:
     return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
 
 
+def with_test_latency(task, seconds: float):
+    """`task` whose hidden test run takes `seconds` longer (a sleep at the top of each hidden test file).
+
+    The built-in tests finish in milliseconds; a real repository's test suite spends seconds in
+    setup, subprocesses and I/O while the CPU is idle. That wait is what the asynchronous
+    orchestrator overlaps with the learner, so the bench measures it with tests that take time."""
+    if seconds <= 0:
+        return task
+    slow = {name: f"import time\ntime.sleep({seconds!r})\n{text}" for name, text in task.hidden_tests.items()}
+    return dataclasses.replace(task, hidden_tests=slow)
+
+
 def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidden: int, layers: int,
-                max_turns: int, max_new_tokens: int, demo_tasks: int, sft_steps: int, threads: int) -> dict:
+                max_turns: int, max_new_tokens: int, demo_tasks: int, sft_steps: int, threads: int,
+                test_latency_s: float, latency_dist: str) -> dict:
     """`steps` critic-PPO learner steps of `episodes` trajectories each, run with the sync source, then
     with the async one (same policy, same tasks, same real learner step, same pushes every step).
 
     The policy is the default architecture at the given size with a short SFT warm start on scripted
-    demonstrations, so episodes make real tool calls in real sandboxes. The engine and the learner
+    demonstrations, so episodes make real tool calls in real sandboxes; each grading run of the
+    hidden tests takes longer (:func:`with_test_latency`) by `test_latency_s` (`latency_dist="fixed"`)
+    or by a per-task time drawn from an exponential distribution with that mean ("exponential"), so
+    some episodes are stragglers, as in real suites. The engine and the learner
     get `threads` threads each (the learner runs in this process). Each mode gets a fresh Ray
     cluster and a fresh learner, warmed up by one untimed rollout + learner step; the timed part
     starts with an empty rollout pipeline and ends after the last learner step and weight push."""
@@ -130,7 +148,15 @@ def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidd
                       sampling=SamplingConfig(max_new_tokens=max_new_tokens), algo=algo, antihack=GuardConfig(),
                       rollout=RolloutConfig(num_workers=2, max_concurrent_per_worker=max(buffer, episodes),
                                             episodes_per_step=episodes))
-    train_tasks = [t for t in builtin_suite(0) if t.split == "train"]
+    if latency_dist not in ("fixed", "exponential"):
+        raise ValueError(f"latency_dist must be 'fixed' or 'exponential', got {latency_dist!r}")
+    rng = random.Random(0)
+
+    def latency() -> float:
+        if latency_dist == "fixed" or test_latency_s <= 0:
+            return test_latency_s
+        return round(rng.expovariate(1.0 / test_latency_s), 3)
+    train_tasks = [with_test_latency(t, latency()) for t in builtin_suite(0) if t.split == "train"]
     with tempfile.TemporaryDirectory() as tmp:
         demos = demonstrations(train_tasks[:demo_tasks], cfg.env, threads=2)
         model = ModelConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.6875), num_layers=layers)
@@ -197,7 +223,8 @@ def bench_async(steps: int, episodes: int, buffer: int, max_staleness: int, hidd
             "async_wait_per_step": asyn["wait_per_step"], "sync_cpu_s": round(sync["cpu_s"], 1),
             "async_cpu_s": round(asyn["cpu_s"], 1),
             "buffer_size": buffer, "max_staleness": max_staleness, "hidden": hidden, "layers": layers,
-            "max_turns": max_turns, "max_new_tokens": max_new_tokens, "sft_steps": sft_steps, "sft_s": round(sft_s, 1),
+            "max_turns": max_turns, "max_new_tokens": max_new_tokens, "sft_steps": sft_steps,
+            "test_latency_s": test_latency_s, "latency_dist": latency_dist, "sft_s": round(sft_s, 1),
             "engine_threads": threads, "learner_threads": threads, "cpus": os.cpu_count(),
             "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "episodes": {mode: {k: round(v, 3) for k, v in r.items() if k in (
@@ -404,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     sb = sub.add_parser("sandbox")
     sb.add_argument("--max-live", type=int, default=512)
     ab = sub.add_parser("async")
-    ab.add_argument("--steps", type=int, default=8)
+    ab.add_argument("--steps", type=int, default=16)
     ab.add_argument("--episodes", type=int, default=16)
     ab.add_argument("--buffer", type=int, default=32)
     ab.add_argument("--max-staleness", type=int, default=4)
@@ -415,6 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     ab.add_argument("--demo-tasks", type=int, default=48)
     ab.add_argument("--sft-steps", type=int, default=120)
     ab.add_argument("--threads", type=int, default=1)
+    ab.add_argument("--test-latency-s", type=float, default=1.0,
+                    help="mean extra seconds a run of a task's hidden tests takes (exponential over tasks): "
+                         "real test suites are not instant, and their run times spread")
+    ab.add_argument("--latency-dist", choices=("exponential", "fixed"), default="exponential",
+                    help="per-task test latency: exponential with the mean above, or the same for every task")
     gp = sub.add_parser("gpu", help="CUDA GPU: engine tokens/s, learner tokens/s, weight-push GB/s")
     gp.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="engine batch sizes")
     gp.add_argument("--prompt-len", type=int, default=256)
@@ -452,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_sandbox(max_live=args.max_live)
     elif args.what == "async":
         result = bench_async(args.steps, args.episodes, args.buffer, args.max_staleness, args.hidden, args.layers,
-                             args.max_turns, args.max_new_tokens, args.demo_tasks, args.sft_steps, args.threads)
+                             args.max_turns, args.max_new_tokens, args.demo_tasks, args.sft_steps, args.threads,
+                             args.test_latency_s, args.latency_dist)
     elif args.what == "gpu":
         try:
             result = bench_gpu(args.batch, args.prompt_len, args.new_tokens, args.train_batch, args.train_seq_len,
