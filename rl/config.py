@@ -39,6 +39,8 @@ class EngineConfig:
     num_threads: int = 2
     max_batch: int = 64
     batch_wait_s: float = 0.005
+    device: str = "cpu"                # hf: cpu | cuda (the actor then asks Ray for one GPU)
+    dtype: str = "float32"             # hf: float32 | bfloat16 | float16
 
 
 @dataclass
@@ -114,6 +116,16 @@ class DeepSpeedConfig:
     zero_stage: int = 0
     bf16: bool = False
     master_port: int = 0               # 0 = a free port
+    offload_optimizer: bool = False    # ZeRO >= 1: optimiser states (and the step) in CPU memory
+    offload_params: bool = False       # ZeRO-3: parameters in CPU memory between uses
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage = 3")
 
 
 @dataclass
@@ -152,17 +164,29 @@ class ClusterConfig:
     address: str = ""                  # empty = start a local Ray; "auto" | "host:6379" | "ray://host:10001" joins one
     placement: str = "colocated"       # colocated (roles share GPUs, take turns) | disaggregated (separate GPUs)
     learner_gpus: int = 0              # 0 = the learner runs on the CPU (no GPU bundles for it)
+    learner_ranks: int = 0             # data-parallel learner ranks as Ray actors (rl/learner_group.py), one per GPU
+    #                                    with learner_gpus > 0; 0 = learner_gpus of them, or on the CPU the learner in
+    #                                    the driver process
     critic_gpus: int = 0               # disaggregated: the critic's own GPUs (0 = on the learner's)
     ready_timeout_s: float = 300.0     # how long to wait for the cluster to hold the placement group
 
     def __post_init__(self) -> None:
-        if self.learner_gpus < 0 or self.critic_gpus < 0 or self.ready_timeout_s <= 0:
-            raise ValueError(f"cluster: learner_gpus, critic_gpus >= 0 and ready_timeout_s > 0 are required (got {self})")
+        if self.learner_gpus < 0 or self.critic_gpus < 0 or self.learner_ranks < 0 or self.ready_timeout_s <= 0:
+            raise ValueError(f"cluster: learner_gpus, critic_gpus, learner_ranks >= 0 and ready_timeout_s > 0 are "
+                             f"required (got {self})")
+        if self.learner_gpus and self.learner_ranks not in (0, self.learner_gpus):
+            raise ValueError(f"cluster.learner_ranks = {self.learner_ranks} must equal cluster.learner_gpus = "
+                             f"{self.learner_gpus}: the learner runs one data-parallel rank per GPU")
         if self.placement not in ("colocated", "disaggregated"):
             raise ValueError(f"cluster.placement must be colocated or disaggregated (got {self.placement!r})")
         if self.critic_gpus and self.placement == "colocated":
             raise ValueError("cluster.critic_gpus is for placement=disaggregated; colocated, the critic shares "
                              "the learner's GPUs")
+
+    @property
+    def dp_ranks(self) -> int:
+        """Learner ranks as Ray actors: 0 means the learner runs in the driver process."""
+        return self.learner_ranks or self.learner_gpus
 
 
 @dataclass
@@ -198,11 +222,20 @@ class TrainConfig:
     antihack: GuardConfig = field(default_factory=GuardConfig)
     sglang: SGLangConfig = field(default_factory=SGLangConfig)
 
+    def __post_init__(self) -> None:
+        # an episode holds its own container and, while grading, the grader's: a smaller pool can deadlock
+        if self.env.backend == "docker" and self.env.docker.max_live < 2 * self.rollout.max_concurrent_per_worker:
+            raise ValueError(f"env.docker.max_live = {self.env.docker.max_live} must be at least 2 x "
+                             f"rollout.max_concurrent_per_worker = {2 * self.rollout.max_concurrent_per_worker} "
+                             f"(each episode holds a container, and a second one while it is graded)")
+
 
 CHOICES = {
     "model.arch": ("qwen2", "llama"),
     "engine.type": ("hf", "sglang"),
-    "env.backend": ("local",),
+    "engine.device": ("cpu", "cuda"),
+    "engine.dtype": ("float32", "bfloat16", "float16"),
+    "env.backend": ("local", "docker"),
     "algo.gae_mode": ("crl", "boot"),
     "algo.policy_loss": ("dis", "ppo_clip"),
     "agent.compaction": ("none", "summary", "rule"),

@@ -29,14 +29,15 @@ from rl.losses import (dis_policy_loss, entropy_from_logits, k3_kl, masked_white
                        reference_kl_loss)
 
 
-def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1) -> None:
+def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                     local_rank: int | None = None) -> None:
     """Join (or create) the learner's process group. DeepSpeed reads the launcher's contract from
     the process environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*); we fill it from config."""
     if dist.is_initialized():
         return
     port = cfg.master_port or free_port()
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank if local_rank is None else local_rank),
+                      WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr, MASTER_PORT=str(port))
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                auto_mpi_discovery=False)
 
@@ -45,6 +46,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def zero_config(cfg: DeepSpeedConfig) -> dict:
+    """DeepSpeed's ``zero_optimization`` block: the stage and the optional CPU offloads."""
+    zero: dict = {"stage": cfg.zero_stage}
+    pin = torch.cuda.is_available()
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+    return zero
 
 
 def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,
@@ -56,7 +68,8 @@ def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, gra
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero_config(cfg),
+        "zero_force_ds_cpu_optimizer": False,   # offloaded, the client optimiser (torch AdamW) steps on the CPU
         "bf16": {"enabled": cfg.bf16},
         "steps_per_print": 10**9,
         "zero_allow_untested_optimizer": True,
@@ -65,17 +78,55 @@ def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, gra
     return engine
 
 
+def dp_world_size() -> int:
+    """Data-parallel ranks of the learner (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def dp_all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`t` summed (or, op="max", maximised) over the learner's data-parallel ranks; `t` with one rank."""
+    if dp_world_size() == 1:
+        return t
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out
+
+
+def global_action_tokens(batch: SampleBatch) -> float:
+    """N of the token-mean: action tokens of the global batch (all ranks' shards)."""
+    return float(dp_all_reduce(batch.action_mask.sum().double()))
+
+
+def dp_micro_batches(batch: SampleBatch, token_budget: int) -> tuple[list[list[int]], int]:
+    """This rank's micro-batches and how many every rank runs: the most any rank has. A rank with
+    fewer runs zero-weighted passes (:func:`idle_pass`) so that every rank makes the same collective
+    calls (ZeRO gathers parameters in forward and reduces gradients in backward)."""
+    groups = micro_batches(batch, token_budget)
+    count = dp_all_reduce(torch.tensor(len(groups), device=batch.input_ids.device), op="max")
+    return groups, int(count)
+
+
+def idle_pass(engine, batch: SampleBatch) -> torch.Tensor:
+    """A forward over two tokens of `batch`, times 0: a rank with no micro-batch left takes part in
+    the collectives without changing any gradient."""
+    out = engine(input_ids=batch.input_ids[:1, :2], attention_mask=batch.attention_mask[:1, :2]).logits
+    return out.float().sum() * 0.0
+
+
 def accumulate(engine, batch: SampleBatch, token_budget: int, loss_of) -> float:
     """Backward `loss_of(rows, micro_batch)` for every micro-batch of `batch` (each loss already
     divided by the global token count), then take one optimiser step; returns the gradient norm
-    before clipping."""
-    groups = micro_batches(batch, token_budget)
-    losses = [lambda idx=idx: loss_of(torch.tensor(idx), batch.rows(idx)) for idx in groups]
+    before clipping. DeepSpeed averages gradients over the data-parallel ranks, so each rank's loss
+    is scaled by their number: the step is the gradient of the global batch's token-mean."""
+    groups, count = dp_micro_batches(batch, token_budget)
+    world = dp_world_size()
     norm = None
-    for i, loss_fn in enumerate(losses):
-        last = i == len(losses) - 1
+    for i in range(count):
+        last = i == count - 1
         engine.set_gradient_accumulation_boundary(last)
-        engine.backward(loss_fn(), scale_wrt_gas=False)
+        loss = (loss_of(torch.tensor(groups[i]), batch.rows(groups[i])) if i < len(groups)
+                else idle_pass(engine, batch))
+        engine.backward(loss * world if world > 1 else loss, scale_wrt_gas=False)
         if last and engine.zero_optimization_stage() == 0:  # ZeRO-0 clips without recording the norm
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
@@ -127,7 +178,7 @@ class PolicyLearner:
     def sft_step(self, batch: SampleBatch) -> dict:
         """Cross-entropy on the demonstrations' action tokens, token-mean over the batch."""
         batch = batch.to(self.engine.device)
-        n = batch.num_action_tokens
+        n = global_action_tokens(batch)
         stats = {"nll": 0.0}
 
         def loss_of(rows, mb):
@@ -142,16 +193,20 @@ class PolicyLearner:
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
         """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""
         out = torch.zeros_like(batch.action_mask)
-        for idx in micro_batches(batch, self.algo.micro_batch_tokens):
-            mb = batch.rows(idx)
-            out[torch.tensor(idx), : mb.input_ids.shape[1]] = self.forward(mb)[0]
+        groups, count = dp_micro_batches(batch, self.algo.micro_batch_tokens)
+        for i in range(count):
+            if i >= len(groups):
+                idle_pass(self.engine, batch)
+                continue
+            mb = batch.rows(groups[i])
+            out[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = self.forward(mb)[0]
         return out
 
     def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None) -> dict:
         """One policy-gradient step over the whole batch: the DIS loss against the behaviour
         log-probs (ALGORITHMS.md §2.5), or with ``algo.policy_loss = ppo_clip`` PPO's clipped
         surrogate against `old_logprobs` (π_old: the weights before this batch's first update)."""
-        n = batch.num_action_tokens
+        n = global_action_tokens(batch)
         sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0,
                 "clipfrac": 0.0, "kl_ref": 0.0}
         if self.algo.policy_loss == "ppo_clip" and old_logprobs is None:
@@ -219,13 +274,17 @@ class CriticLearner:
     @torch.no_grad()
     def values(self, batch: SampleBatch) -> torch.Tensor:
         values = torch.zeros_like(batch.action_mask)
-        for idx in micro_batches(batch, self.algo.micro_batch_tokens):
-            mb = batch.rows(idx)
-            values[torch.tensor(idx), : mb.input_ids.shape[1]] = self.forward(mb)
+        groups, count = dp_micro_batches(batch, self.algo.micro_batch_tokens)
+        for i in range(count):
+            if i >= len(groups):
+                idle_pass(self.engine, batch)
+                continue
+            mb = batch.rows(groups[i])
+            values[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = self.forward(mb)
         return values
 
     def step(self, batch: SampleBatch, old_values: torch.Tensor, returns: torch.Tensor) -> dict:
-        n = batch.num_action_tokens
+        n = global_action_tokens(batch)
         sums = {"loss": 0.0, "clipfrac": 0.0}
 
         def loss_of(rows, mb):
@@ -278,7 +337,7 @@ def compute_advantages(batch: SampleBatch, values: torch.Tensor, algo: AlgoConfi
                                algo.lam_critic, algo.gae_mode)
     if algo.whiten_advantages:
         # sqrt(var + floor^2): a batch with no signal (all returns alike) is not blown up into noise
-        adv = masked_whiten(adv, batch.action_mask, eps=algo.whiten_std_floor ** 2)
+        adv = masked_whiten(adv, batch.action_mask, eps=algo.whiten_std_floor ** 2, all_reduce=dp_all_reduce)
     return Advantages(advantages=adv, returns=ret, values=values)
 
 

@@ -8,6 +8,8 @@ loss and their gradients accumulate to the full-batch gradient ("token-level los
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -29,17 +31,23 @@ def _masked_mean(x: Tensor, mask: Tensor) -> float:
     return float((x * mask).sum() / total) if total > 0 else 0.0
 
 
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8,
+                  all_reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """x̂ = (x − μ) / sqrt(σ² + eps) on masked entries, 0 elsewhere.
 
-    μ and σ² (population variance) are taken over all masked entries of the batch.
+    μ and σ² (population variance) are taken over all masked entries of the batch; with a
+    data-parallel learner, `all_reduce` (a sum over the ranks) makes them the global batch's:
+    μ = Σ_r Σ x / Σ_r n, σ² = Σ_r Σ (x − μ)² / Σ_r n.
     """
     _check_same_2d(x=x, mask=mask)
+    reduce = all_reduce if all_reduce is not None else (lambda t: t)
     keep = mask != 0
-    if not bool(keep.any()):
-        return torch.zeros_like(x)
     selected = x[keep].double()
-    mean, var = selected.mean(), selected.var(unbiased=False)
+    count = reduce(torch.tensor(float(selected.numel()), dtype=torch.float64, device=x.device))
+    if float(count) == 0:
+        return torch.zeros_like(x)
+    mean = reduce(selected.sum()) / count
+    var = reduce(((selected - mean) ** 2).sum()) / count
     whitened = ((x.double() - mean) * torch.rsqrt(var + eps)).to(x.dtype)
     return torch.where(keep, whitened, 0.0)
 

@@ -15,7 +15,7 @@ import ray
 
 from envs.tasks import Task
 from rl.config import TrainConfig
-from rl.placement import init_ray
+from rl.placement import Placement, init_ray, reserve_placement
 from rollout.chat import stop_token_ids
 from rollout.engine import SamplingParams
 from rollout.hf_engine import HFEngineActor
@@ -30,25 +30,43 @@ def sampling_params(cfg: TrainConfig, tokenizer) -> SamplingParams:
                           max_new_tokens=s.max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
 
 
-def start_engine(policy_path: str, tokenizer, cfg: TrainConfig):
-    """The policy engine as a Ray actor: `hf` (in-process transformers) or `sglang` (servers)."""
+def start_engine(policy_path: str, tokenizer, cfg: TrainConfig, placement: Placement | None = None):
+    """The policy engine as a Ray actor: `hf` (in-process transformers; with ``engine.device=cuda`` on
+    engine 0's bundle of `placement`, or on any free GPU without one) or `sglang` (servers)."""
     if cfg.engine.type == "sglang":
         sg = dataclasses.replace(cfg.sglang, model_path=cfg.sglang.model_path or policy_path)
-        engine = ray.remote(SGLangEngine).options(num_cpus=0, max_concurrency=10_000).remote(sg)
-        ray.get(engine.start.remote())
+        gpu_ids = placement.engine_gpu_ids() if placement is not None and placement.plan.engines[0] else None
+        where = placement.engine_options(0) if gpu_ids is not None else {"num_cpus": 0}
+        if gpu_ids is not None:
+            where["num_gpus"] = 0.01   # the launcher sits on engine 0's node; its servers get the bundles' GPUs
+        engine = ray.remote(SGLangEngine).options(**where, max_concurrency=10_000).remote(sg)
+        ray.get(engine.start.remote(gpu_ids))
         return engine
-    return ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
-        policy_path, tokenizer.pad_token_id, cfg.seed, cfg.engine.num_threads, cfg.engine.max_batch,
-        cfg.engine.batch_wait_s)
+    e = cfg.engine
+    where = (placement.engine_options(0) if placement is not None and e.device == "cuda"
+             else {"num_cpus": 0, "num_gpus": 1 if e.device == "cuda" else 0})
+    return ray.remote(HFEngineActor).options(**where, max_concurrency=10_000).remote(
+        policy_path, tokenizer.pad_token_id, cfg.seed, e.num_threads, e.max_batch, e.batch_wait_s, e.device, e.dtype)
+
+
+def engine_gpus(cfg: TrainConfig) -> tuple[int, int]:
+    """(engines, GPUs per engine) the placement group reserves: ``sglang.num_engines`` x ``tp_size``
+    for servers horizonrl launches (none for ``sglang.urls``, servers someone else runs), one for the
+    `hf` engine with ``engine.device=cuda``, else none."""
+    if cfg.engine.type == "sglang":
+        return cfg.sglang.num_engines, 0 if cfg.sglang.urls else cfg.sglang.tp_size
+    return 1, 1 if cfg.engine.device == "cuda" else 0
 
 
 class RolloutCluster:
-    """One `hf` engine actor and `rollout.num_workers` rollout workers."""
+    """One policy engine actor and `rollout.num_workers` rollout workers; on GPUs, the run's placement
+    group (``self.placement``, shared with the learner group: rl/learner_group.py)."""
 
     def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig, audit_path: str | None = None,
                  run_name: str = "") -> None:
         init_ray(cfg.cluster, local_num_cpus=max(2, cfg.rollout.num_workers + 1))
-        self.engine = start_engine(policy_path, tokenizer, cfg)
+        self.placement = reserve_placement(cfg.cluster, *engine_gpus(cfg))
+        self.engine = start_engine(policy_path, tokenizer, cfg, self.placement)
         self.workers = [
             ray.remote(RolloutWorker).options(num_cpus=0, max_concurrency=10_000).remote(
                 self.engine, policy_path, cfg.agent, cfg.env, cfg.rollout.max_concurrent_per_worker, cfg.antihack,
@@ -68,8 +86,11 @@ class RolloutCluster:
         self.version = version
 
     def shutdown(self) -> None:
+        ray.wait([w.close.remote() for w in self.workers], num_returns=len(self.workers), timeout=60)
         for actor in [*self.workers, self.engine]:
             ray.kill(actor)
+        if self.placement is not None:
+            self.placement.release()
 
 
 @dataclass

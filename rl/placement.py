@@ -100,6 +100,57 @@ def create_placement_group(plan: PlacementPlan, timeout_s: float) -> PlacementGr
     return pg
 
 
+@dataclass(frozen=True)
+class Placement:
+    """A reserved plan: the placement group and which bundles each role takes."""
+
+    plan: PlacementPlan
+    pg: PlacementGroup
+
+    @property
+    def gpu_fraction(self) -> float:
+        """Of its bundle's GPU, what one actor asks for: half where learner and engine share it."""
+        return 0.5 if self.plan.colocated else 1.0
+
+    def learner_options(self, rank: int) -> dict:
+        return on_bundle(self.pg, self.plan.learner[rank], self.gpu_fraction)
+
+    def engine_options(self, engine: int) -> dict:
+        return on_bundle(self.pg, self.plan.engines[engine][0], self.gpu_fraction)
+
+    def release(self) -> None:
+        remove_placement_group(self.pg)
+
+    def bundle_gpu(self, bundle_index: int) -> tuple[str, int]:
+        """(node address, physical GPU id) of a bundle, asked of a probe task placed on it."""
+        probe = ray.remote(_where_am_i).options(**on_bundle(self.pg, bundle_index, 0.01))
+        node, gpus = ray.get(probe.remote())
+        return node, int(gpus[0])
+
+    def engine_gpu_ids(self) -> list[list[int]]:
+        """Per engine, the physical GPU ids of its bundles, for servers that one process launches on
+        one node (SGLang: ``CUDA_VISIBLE_DEVICES`` per server). Bundles on several nodes are refused."""
+        where = [[self.bundle_gpu(b) for b in engine] for engine in self.plan.engines]
+        nodes = {node for engine in where for node, _ in engine}
+        if len(nodes) > 1:
+            raise PlacementError(f"the engines' GPU bundles landed on {len(nodes)} nodes ({sorted(nodes)}); the "
+                                 f"sglang engine launches its servers on one node: use at most one node's GPUs for "
+                                 f"engines, or start the servers yourself and give sglang.urls")
+        return [[gpu for _, gpu in engine] for engine in where]
+
+
+def _where_am_i() -> tuple[str, list]:
+    return ray.util.get_node_ip_address(), ray.get_gpu_ids()
+
+
+def reserve_placement(cluster: ClusterConfig, num_engines: int, gpus_per_engine: int) -> Placement | None:
+    """Reserve the run's GPU bundles (None when every role runs on the CPU). Ray must be running."""
+    plan = plan_placement(cluster, num_engines, gpus_per_engine)
+    if not plan.bundles:
+        return None
+    return Placement(plan, create_placement_group(plan, cluster.ready_timeout_s))
+
+
 def on_bundle(pg: PlacementGroup, bundle_index: int, gpu_fraction: float = 1.0) -> dict:
     """Ray actor options that place an actor on one bundle of `pg`, taking `gpu_fraction` of its GPU
     (below 1 where roles share the GPU, colocated)."""

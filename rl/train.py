@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from envs.suite import load_suite
 from rl.async_rollout import rollout_source
 from rl.batch import collate, trainable
-from rl.checkpoint import POLICY_HF, load_checkpoint, reference_of, resolve_checkpoint, save_checkpoint
+from rl.checkpoint import POLICY_HF, reference_of, resolve_checkpoint
 from rl.config import register_configs, to_train_config
-from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
+from rl.learner import init_distributed
+from rl.learner_group import build_learner
 from rl.observe import RunLogger, run_summary
 from rl.orchestrator import RolloutCluster, TaskSampler, evaluate, rollout_metrics
 from rl.warm_start import build_default_policy, demo_trajectories, demonstrations, sft_warm_start, split_for_warm_start
@@ -61,12 +62,10 @@ def main(raw: DictConfig) -> None:
     log.phase(f"held-out pass rate before RL: {before.pass_rate:.3f} ({before.episodes} episodes)")
 
     # 3. Critic PPO: rollout -> train -> push weights, every step; a checkpoint every `checkpoint.every`.
-    learner = PPOLearner(PolicyLearner(policy_path, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed, cfg.sampling.temperature,
-                                       reference=reference_of(resume)),  # KL reference: the policy RL started from
-                         CriticLearner(policy_path, cfg.algo, cfg.deepspeed), cfg.algo)
+    learner = build_learner(policy_path, cfg, reference_of(resume), cluster.placement)  # in-process, or DP Ray actors
     sampler, start, ema, checkpoint = TaskSampler(rl_tasks, cfg.seed), 0, before.pass_rate, resume
     if resume is not None:
-        state = load_checkpoint(resume, learner, sampler)
+        state = learner.load_checkpoint(resume, sampler)
         start, log.history, ema = state.step, state.metrics_history, state.extra["ema"]
         log.phase(f"resumed from {resume} at step {start}")
     source, started = rollout_source(cfg, cluster, sampler, str(policy_path), str(run_dir / "audit.sqlite"), run_dir.name), time.time()
@@ -75,15 +74,15 @@ def main(raw: DictConfig) -> None:
         batch = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)  # sync: run now; async: buffered
         metrics = learner.train_step(collate(trainable(batch.trajectories), tokenizer.pad_token_id))
         if source.should_push(step + 1):
-            source.push_weights(learner.policy.state_dict(), version=step + 1)
+            source.push_weights(learner.state_dict(), version=step + 1)
         rm = rollout_metrics(batch.trajectories)
         ema = 0.8 * ema + 0.2 * rm["rollout/pass_rate"]
         log.log(step, metrics | rm | batch.metrics | {"rollout/pass_rate_ema": ema, "perf/step_s": time.time() - t0,
                                                       "weights/version": step + 1})
         if step + 1 == cfg.steps or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
-            checkpoint = save_checkpoint(run_dir / "checkpoints", step + 1, learner, sampler, version=step + 1,
-                                         metrics_history=log.history, extra={"ema": ema}, keep=cfg.checkpoint.keep,
-                                         tokenizer=tokenizer)
+            checkpoint = learner.save_checkpoint(run_dir / "checkpoints", step + 1, sampler, version=step + 1,
+                                                 metrics_history=log.history, extra={"ema": ema},
+                                                 keep=cfg.checkpoint.keep, tokenizer=tokenizer)
     source.close()
 
     # 4. The held-out pass rate after RL, the summary; the run directory is the last line printed.
@@ -91,6 +90,7 @@ def main(raw: DictConfig) -> None:
     log.phase(f"held-out pass rate after RL: {after.pass_rate:.3f} ({after.episodes} episodes)")
     log.plot(run_dir / "pass_rate.png", before.pass_rate, after.pass_rate)
     log.finish(run_summary(cfg, before, after, log, checkpoint, rl_wall_time_s=time.time() - started))
+    learner.shutdown()
     cluster.shutdown()
     print(run_dir.resolve())
 

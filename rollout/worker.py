@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from antihack.context import TaskContext
 from antihack.guard import EpisodeGuard, Guard, GuardConfig
+from envs.docker_sandbox import DEFAULT_DOCKER_URL, DEFAULT_IMAGE, DockerConfig, cleanup_stale
 from envs.env import CodingEnv
 from envs.leak import is_leaky, leak_free_grade
-from envs.sandbox import SandboxPathError
-from envs.sandbox import SandboxLimits
+from envs.pool import PoolConfig, SandboxPool
+from envs.sandbox import BACKENDS, SandboxFactory, SandboxLimits, SandboxPathError, make_sandbox
 from envs.tasks import EVAL_ARTIFACTS_DIR, Task
 from envs.tools import ToolCall
 from rollout.agent import AgentConfig, run_episode
@@ -23,12 +25,37 @@ from rollout.trajectory import Status, Trajectory
 
 
 @dataclass
+class DockerEnvConfig:
+    """The ``docker`` backend (``env=docker``): the engine, the image, and each worker's pool."""
+
+    image: str = DEFAULT_IMAGE          # build it with `horizonrl-env docker-image`
+    base_url: str = DEFAULT_DOCKER_URL  # the engine's API, on this host
+    label: str = "horizonrl-rollout"    # containers of dead workers with this label are removed at worker start
+    cpus: float = 1.0                   # CPU quota per container
+    max_live: int = 64                  # containers alive at once per worker (its pool's bound)
+    warm: int = 4                       # started, empty containers each worker keeps ready
+    max_uses: int = 100                 # episodes one container serves before it is replaced
+
+
+@dataclass
 class EnvConfig:
-    backend: str = "local"
+    backend: str = "local"              # local (bubblewrap) | docker (containers, see `docker`)
     max_observation_chars: int = 1200
     exec_timeout_s: float = 10.0
     memory_mb: int = 1024
     max_processes: int = 64
+    docker: DockerEnvConfig = field(default_factory=DockerEnvConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"env.backend = {self.backend!r}; expected one of {BACKENDS}")
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(timeout_s=self.exec_timeout_s, memory_mb=self.memory_mb, max_processes=self.max_processes)
+
+    def docker_config(self) -> DockerConfig:
+        d = self.docker
+        return DockerConfig(image=d.image, base_url=d.base_url, label=d.label, cpus=d.cpus)
 
 
 class RayEngineClient:
@@ -47,9 +74,27 @@ class RayEngineClient:
         return await self.handle.weight_version.remote()
 
 
-def make_env(task: Task, cfg: EnvConfig) -> CodingEnv:
-    limits = SandboxLimits(timeout_s=cfg.exec_timeout_s, memory_mb=cfg.memory_mb, max_processes=cfg.max_processes)
-    return CodingEnv(task, backend=cfg.backend, limits=limits, max_observation_chars=cfg.max_observation_chars)
+def make_env(task: Task, cfg: EnvConfig, factory: SandboxFactory | None = None) -> CodingEnv:
+    """The environment of one episode; its sandboxes come from `factory` (a worker's pool) when given,
+    else a new one of ``cfg.backend`` per sandbox."""
+    if factory is None:
+        docker = cfg.docker_config() if cfg.backend == "docker" else None
+        factory = partial(make_sandbox, cfg.backend, docker=docker)
+    return CodingEnv(task, backend=cfg.backend, limits=cfg.limits(), max_observation_chars=cfg.max_observation_chars,
+                     factory=factory)
+
+
+def sandbox_pool(cfg: EnvConfig) -> SandboxPool | None:
+    """A worker's bounded pool of docker containers (None for the local backend, whose bubblewrap
+    sandboxes cost milliseconds). Containers that a crashed worker left behind under the same
+    label are removed first (their owner process is gone; live workers' containers are kept)."""
+    if cfg.backend != "docker":
+        return None
+    docker = cfg.docker_config()
+    cleanup_stale(docker.label, docker)
+    d = cfg.docker
+    return SandboxPool(PoolConfig(backend="docker", limits=cfg.limits(), warm=d.warm, max_live=d.max_live,
+                                  max_uses=d.max_uses, docker=docker))
 
 
 SANDBOX_WORKDIR = "/work"
@@ -105,6 +150,8 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.agent = agent
         self.env = env
+        self.pool = sandbox_pool(env)
+        self.make_env = partial(make_env, cfg=env, factory=self.pool.acquire if self.pool is not None else None)
         self.slots = asyncio.Semaphore(max_concurrent)
         self.executor = ThreadPoolExecutor(max_workers=max_concurrent * 2)
 
@@ -115,8 +162,8 @@ class RolloutWorker:
     async def run_episode(self, task: Task, rollout_id: str, sampling: SamplingParams) -> Trajectory:
         async with self.slots:
             make_guard = partial(episode_guard, self.guard) if self.guard is not None else None
-            traj = await run_episode(self.engine, self.tokenizer, partial(make_env, cfg=self.env), task,
-                                     rollout_id, sampling, self.agent, make_guard)
+            traj = await run_episode(self.engine, self.tokenizer, self.make_env, task, rollout_id, sampling,
+                                     self.agent, make_guard)
             return await asyncio.to_thread(grade_honestly, traj, task, self.env)
 
     async def run_episodes(self, jobs: list[tuple[Task, str]], sampling: SamplingParams) -> list[Trajectory]:
@@ -131,3 +178,12 @@ class RolloutWorker:
 
     async def ping(self) -> bool:
         return True
+
+    def close(self) -> None:
+        """Remove this worker's containers (docker); a killed worker's are removed by the next one's start."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def pool_stats(self) -> dict | None:
+        """The docker pool's counters (None on the local backend)."""
+        return dataclasses.asdict(self.pool.stats()) if self.pool is not None else None

@@ -277,3 +277,43 @@ def test_a_missing_image_is_a_clear_error(engine, label):
     with pytest.raises(SandboxError, match="horizonrl-env docker-image"):
         DockerSandbox({}, LIMITS, DockerConfig(image="horizonrl-no-such-image:none", label=label))
     assert json.dumps(containers(engine, label)) == "[]"
+
+
+# ---- the training path: env=docker ----------------------------------------------------------------
+
+def test_training_config_selects_docker_and_bounds_the_pool():
+    from rl.config import RolloutConfig, TrainConfig
+    from rollout.worker import DockerEnvConfig, EnvConfig
+
+    with pytest.raises(ValueError, match="env.backend = 'podman'"):
+        EnvConfig(backend="podman")
+    with pytest.raises(ValueError, match="env.docker.max_live = 16 must be at least 2 x rollout.max_concurrent_per_worker = 32"):
+        TrainConfig(env=EnvConfig(backend="docker", docker=DockerEnvConfig(max_live=16)),
+                    rollout=RolloutConfig(max_concurrent_per_worker=16))
+    cfg = EnvConfig(backend="docker", docker=DockerEnvConfig(image="img:1", label="run-a", cpus=0.5))
+    assert cfg.docker_config() == DockerConfig(image="img:1", label="run-a", cpus=0.5)
+
+
+def test_a_training_worker_removes_a_crashed_workers_containers_then_runs_episodes_from_its_pool(engine, label):
+    from envs.suite import builtin_suite
+    from rollout.worker import DockerEnvConfig, EnvConfig, make_env, sandbox_pool
+
+    crashed, _ = crash_a_worker(label, "busy")       # a worker of an earlier run died with a busy container
+    time.sleep(1.0)
+    assert [c["Id"] for c in containers(engine, label)] == [crashed]
+    cfg = EnvConfig(backend="docker", exec_timeout_s=30.0, docker=DockerEnvConfig(label=label, max_live=2, warm=1))
+    pool = sandbox_pool(cfg)                          # what RolloutWorker does at start
+    try:
+        assert crashed not in [c["Id"] for c in containers(engine, label)]
+        task = builtin_suite(0)[0]
+        for solve in (True, False, True):
+            with make_env(task, cfg, factory=pool.acquire) as env:
+                if solve:
+                    for call in scripted_solution(task):
+                        env.step(call)
+                assert env.grade().passed == solve
+            assert len(containers(engine, label)) <= 2    # the pool's bound: agent + grader containers
+        assert pool.stats().recycled >= 1
+    finally:
+        pool.close()
+    assert containers(engine, label) == []

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from rl.config import ClusterConfig
-from rl.placement import PlacementError, create_placement_group, init_ray, on_bundle, plan_placement
+from rl.placement import PlacementError, create_placement_group, init_ray, on_bundle, plan_placement, reserve_placement
 
 
 def test_colocated_roles_share_one_pool():
@@ -57,5 +57,32 @@ def test_placement_group_on_local_ray_with_logical_gpus():
                                  gpus_per_engine=1)
         with pytest.raises(PlacementError, match="cannot hold 6 GPU bundles.*it has 4 GPUs"):
             create_placement_group(too_big, timeout_s=2)
+    finally:
+        ray.shutdown()
+
+
+def test_a_run_reserves_its_plan_and_each_role_gets_its_bundles_gpus(tmp_path):
+    """What the driver does on GPUs (logical ones here): reserve the plan, give the sglang launcher
+    each engine's GPU ids, put learner ranks on the learner's bundles."""
+    from rl.config import TrainConfig
+    from rl.orchestrator import engine_gpus
+    from rollout.sglang_engine import SGLangConfig
+
+    assert not ray.is_initialized()
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, configure_logging=False)
+    try:
+        cfg = TrainConfig(cluster=ClusterConfig(placement="disaggregated", learner_gpus=2))
+        assert engine_gpus(cfg) == (1, 0)                              # the hf engine on the CPU: no GPU
+        cfg.engine.type, cfg.sglang = "sglang", SGLangConfig(num_engines=2, tp_size=1)
+        assert engine_gpus(cfg) == (2, 1)
+        placement = reserve_placement(cfg.cluster, *engine_gpus(cfg))
+        ids = placement.engine_gpu_ids()
+        learner = [placement.bundle_gpu(b)[1] for b in placement.plan.learner]
+        assert len(ids) == 2 and all(len(e) == 1 for e in ids)
+        assert sorted([*learner, *(g for e in ids for g in e)]) == [0, 1, 2, 3]   # every role its own GPU
+        cfg.sglang = SGLangConfig(num_engines=2, urls=["http://a:1", "http://b:2"])
+        assert engine_gpus(cfg) == (2, 0)                              # servers someone else runs: none reserved
+        placement.release()
+        assert reserve_placement(ClusterConfig(), 1, 0) is None        # all on the CPU: no placement group
     finally:
         ray.shutdown()
