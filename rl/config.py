@@ -221,6 +221,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     antihack: GuardConfig = field(default_factory=GuardConfig)
     sglang: SGLangConfig = field(default_factory=SGLangConfig)
+    requires: list[str] = field(default_factory=list)   # keys a preset needs set on the command line
 
     def __post_init__(self) -> None:
         # an episode holds its own container and, while grading, the grader's: a smaller pool can deadlock
@@ -253,8 +254,19 @@ def register_configs() -> None:
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Turn the composed Hydra config into the typed dataclass and check enumerated choices."""
     typed: TrainConfig = OmegaConf.to_object(cfg)
+    structured = OmegaConf.structured(typed)
     for key, allowed in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(typed), key)
+        value = OmegaConf.select(structured, key)
         if value not in allowed:
             raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    check_required(structured, typed.requires, typed.experiment)
     return typed
+
+
+def check_required(cfg: DictConfig, keys: list[str], experiment: str) -> None:
+    """Each of `keys` (a preset's ``requires``) must be set: OmegaConf's ``???`` cannot mark a value a
+    preset needs, since merging it leaves the default in place."""
+    unset = [key for key in keys if OmegaConf.select(cfg, key, default=None) in (None, "", "builtin")]
+    if unset:
+        raise ValueError(f"experiment={experiment} needs " + ", ".join(f"{key}=..." for key in unset)
+                         + " on the command line")

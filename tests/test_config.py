@@ -52,3 +52,31 @@ def test_cli_fails_at_start_naming_the_key(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert "bogus_knob" in proc.stderr + proc.stdout
+
+
+PRESET_REQUIRED = {"sglang_qwen7b": ["model.path=/ckpt/qwen"], "hack_demo": ["model.path=/ckpt/sft"],
+                   "swe_qwen7b_docker": ["model.path=/ckpt/qwen", "suite.name=/data/swe.jsonl"]}
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(CONFIGS) / "experiment").glob("*.yaml")
+                                          if p.stem != "opd_demo"))   # opd_demo is horizonrl-distill's
+def test_every_experiment_preset_composes_into_a_valid_config(preset):
+    cfg = to_train_config(composed(f"experiment={preset}", *PRESET_REQUIRED.get(preset, [])))
+    assert cfg.experiment == preset
+
+
+def test_the_production_preset_is_what_its_comment_says():
+    cfg = to_train_config(composed("experiment=swe_qwen7b_docker", *PRESET_REQUIRED["swe_qwen7b_docker"]))
+    assert (cfg.engine.type, cfg.env.backend, cfg.orchestrator) == ("sglang", "docker", "async")
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.bf16, cfg.cluster.dp_ranks) == (3, True, 4)
+    assert cfg.sglang.num_engines * cfg.sglang.tp_size + cfg.cluster.learner_gpus == 8
+    assert cfg.env.docker.max_live >= 2 * cfg.rollout.max_concurrent_per_worker
+    with pytest.raises(ValueError, match="experiment=swe_qwen7b_docker needs suite.name=..."):   # named
+        to_train_config(composed("experiment=swe_qwen7b_docker", "model.path=/ckpt/qwen"))
+
+
+def test_deepspeed_presets_and_offload_checks():
+    cfg = to_train_config(composed("deepspeed=zero3_offload"))
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer, cfg.deepspeed.offload_params) == (3, True, True)
+    with pytest.raises(Exception, match="offload_params needs deepspeed.zero_stage = 3"):
+        to_train_config(composed("deepspeed=zero3_offload", "deepspeed.zero_stage=2"))
