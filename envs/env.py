@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import stat
@@ -121,6 +122,29 @@ def shadows_stdlib(path: str) -> bool:
     parts = PurePosixPath(path).parts
     top = parts[0].removesuffix(".py") if len(parts) == 1 else parts[0]
     return top in sys.stdlib_module_names
+
+
+def closest_lines(text: str, old: str, cutoff: float = 0.6, max_lines: int = 5000) -> str | None:
+    """The run of ``len(old's lines)`` consecutive lines of `text` most similar to `old` (difflib
+    ratio >= `cutoff`, whitespace at the ends ignored), as it stands in `text`; None if none is.
+    Shown when a str_replace misses (as editing tools do), so the agent can copy the exact text."""
+    lines = text.splitlines()
+    width = len(old.strip("\n").splitlines()) or 1
+    if len(lines) > max_lines or width > len(lines):
+        return None
+    target = old.strip()
+    best, best_ratio = None, cutoff
+    matcher = difflib.SequenceMatcher(autojunk=False)
+    matcher.set_seq2(target)
+    for i in range(len(lines) - width + 1):
+        window = "\n".join(lines[i:i + width])
+        matcher.set_seq1(window.strip())
+        if matcher.real_quick_ratio() < best_ratio or matcher.quick_ratio() < best_ratio:
+            continue
+        ratio = matcher.ratio()
+        if ratio > best_ratio or (best is None and ratio >= best_ratio):
+            best, best_ratio = window, ratio
+    return best
 
 
 def snapshot_files(root: Path, max_bytes: int = MAX_GRADED_BYTES) -> dict[str, str]:
@@ -266,7 +290,9 @@ class CodingEnv:
         text = self.sandbox.read_file(path)
         count = text.count(old)
         if count == 0:
-            raise _ToolError(f"old string not found in {path}.")
+            near = closest_lines(text, old)
+            hint = f" The most similar text in {path}:\n{near}" if near is not None else ""
+            raise _ToolError(f"old string not found in {path}.{hint}")
         if count > 1:
             raise _ToolError(f"old string occurs {count} times in {path}; make it unique.")
         self.sandbox.write_file(path, text.replace(old, new, 1))

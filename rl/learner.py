@@ -113,6 +113,20 @@ def idle_pass(engine, batch: SampleBatch) -> torch.Tensor:
     return out.float().sum() * 0.0
 
 
+def per_token(engine, batch: SampleBatch, token_budget: int, fn) -> torch.Tensor:
+    """`fn(micro_batch)` ([rows, T_mb] per token) over every micro-batch, assembled into `batch`'s [B, T]
+    layout (no gradient); idle passes keep the data-parallel ranks' collectives in step."""
+    out = torch.zeros_like(batch.action_mask)
+    groups, count = dp_micro_batches(batch, token_budget)
+    for i in range(count):
+        if i >= len(groups):
+            idle_pass(engine, batch)
+            continue
+        mb = batch.rows(groups[i])
+        out[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = fn(mb)
+    return out
+
+
 def accumulate(engine, batch: SampleBatch, token_budget: int, loss_of) -> float:
     """Backward `loss_of(rows, micro_batch)` for every micro-batch of `batch` (each loss already
     divided by the global token count), then take one optimiser step; returns the gradient norm
@@ -192,15 +206,7 @@ class PolicyLearner:
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
         """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""
-        out = torch.zeros_like(batch.action_mask)
-        groups, count = dp_micro_batches(batch, self.algo.micro_batch_tokens)
-        for i in range(count):
-            if i >= len(groups):
-                idle_pass(self.engine, batch)
-                continue
-            mb = batch.rows(groups[i])
-            out[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = self.forward(mb)[0]
-        return out
+        return per_token(self.engine, batch, self.algo.micro_batch_tokens, lambda mb: self.forward(mb)[0])
 
     def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None) -> dict:
         """One policy-gradient step over the whole batch: the DIS loss against the behaviour
@@ -273,15 +279,7 @@ class CriticLearner:
 
     @torch.no_grad()
     def values(self, batch: SampleBatch) -> torch.Tensor:
-        values = torch.zeros_like(batch.action_mask)
-        groups, count = dp_micro_batches(batch, self.algo.micro_batch_tokens)
-        for i in range(count):
-            if i >= len(groups):
-                idle_pass(self.engine, batch)
-                continue
-            mb = batch.rows(groups[i])
-            values[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = self.forward(mb)
-        return values
+        return per_token(self.engine, batch, self.algo.micro_batch_tokens, self.forward)
 
     def step(self, batch: SampleBatch, old_values: torch.Tensor, returns: torch.Tensor) -> dict:
         n = global_action_tokens(batch)

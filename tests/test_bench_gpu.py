@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from rl.bench import QWEN2_05B_DIMS, NoGPUError, main, require_cuda, state_nbytes
 from rollout.engine import SamplingParams
 from rollout.hf_engine import HFGenerator, load_causal_lm
+from tiny_models import save_tiny_qwen2
 
 ROOT = Path(__file__).resolve().parents[1]
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the refusal does not apply")
@@ -48,12 +49,7 @@ def test_bench_dims_are_qwen2_05b():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_model")
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(path))
-    return path
+    return save_tiny_qwen2(tmp_path_factory.mktemp("tiny_model"), 64, max_positions=256)
 
 
 def test_engine_dtype_and_device(model_dir):

@@ -3,7 +3,7 @@ critic, equal to the learner's weights (ZeRO 0 and 3); a bad path is a clear err
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from envs.suite import builtin_suite
 from rl.batch import collate
@@ -13,17 +13,13 @@ from rl.convert import main
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, init_distributed
 from rl.orchestrator import TaskSampler
 from test_learner import make_trajectories
+from tiny_models import save_tiny_qwen2
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     init_distributed(DeepSpeedConfig(master_port=29637))
-    path = tmp_path_factory.mktemp("policy")
-    cfg = Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(path))
-    return path
+    return save_tiny_qwen2(tmp_path_factory.mktemp("policy"), 48)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])

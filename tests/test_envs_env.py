@@ -78,6 +78,18 @@ def test_bad_calls_are_error_observations(env, tool_call, fragment):
     assert (env.workdir / "calc.py").read_text() == TASK.files["calc.py"]   # nothing was changed
 
 
+def test_a_missed_str_replace_shows_the_most_similar_text_to_copy(env):
+    miss = env.step(call("str_replace", path="calc.py", old="    return a * b", new="    return a + b"))
+    assert miss.error and miss.observation == ("Error: old string not found in calc.py. "
+                                               "The most similar text in calc.py:\n    return a - b")
+    retry = env.step(call("str_replace", path="calc.py", old=miss.observation.split("\n", 1)[1], new="    return a + b"))
+    assert not retry.error and env.grade().passed
+    two_lines = env.step(call("str_replace", path="calc.py", old='def add(a, b):\n    """Sum of a and b."""', new="x"))
+    assert two_lines.observation.endswith('calc.py:\ndef add(a, b):\n    """Return the sum of a and b."""')
+    far = env.step(call("str_replace", path="calc.py", old="import collections", new="x"))
+    assert far.observation == "Error: old string not found in calc.py."             # nothing similar: no hint
+
+
 def test_observations_are_truncated_and_printable():
     with CodingEnv(TASK, limits=LIMITS, max_observation_chars=200) as env:
         env.step(call("write_file", path="big.txt", content="".join(f"line {i}\n" for i in range(1000))))

@@ -6,20 +6,15 @@ import asyncio
 import pytest
 import ray
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rollout.engine import SamplingParams
 from rollout.hf_engine import HFEngineActor, HFGenerator, filter_logits, load_causal_lm
+from tiny_models import save_tiny_qwen2
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_model")
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(path))
-    return path
+    return save_tiny_qwen2(tmp_path_factory.mktemp("tiny_model"), 64, max_positions=256)
 
 
 def full_forward_logprobs(model, prompt, tokens, temperature=1.0):

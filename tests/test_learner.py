@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
 from rl.batch import collate, micro_batches, trainable
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed, token_logprobs
 from rollout.trajectory import Segment, Status, Trajectory
+from tiny_models import save_tiny_qwen2
 
 VOCAB = 48
 
@@ -18,12 +18,7 @@ VOCAB = 48
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     init_distributed(DeepSpeedConfig(master_port=29617))
-    path = tmp_path_factory.mktemp("policy")
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(path))
-    return path
+    return save_tiny_qwen2(tmp_path_factory.mktemp("policy"), VOCAB)
 
 
 def make_trajectories(n: int, seed: int) -> list[Trajectory]:

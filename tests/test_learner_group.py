@@ -7,7 +7,7 @@ import math
 import pytest
 import ray
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM
 
 from envs.suite import builtin_suite
 from rl.batch import collate
@@ -17,6 +17,7 @@ from rl.learner import init_distributed, token_logprobs
 from rl.learner_group import LearnerGroup, LearnerSpec, LocalLearner, build_learner, merge_metrics, shard_by_rollout
 from rl.orchestrator import TaskSampler
 from rollout.trajectory import Segment, Trajectory
+from tiny_models import save_tiny_qwen2
 
 VOCAB = 48
 TASKS = builtin_suite(0)[:20]
@@ -25,12 +26,7 @@ TASKS = builtin_suite(0)[:20]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     init_distributed(DeepSpeedConfig(master_port=29627))
-    path = tmp_path_factory.mktemp("policy")
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=0)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(path))
-    return path
+    return save_tiny_qwen2(tmp_path_factory.mktemp("policy"), VOCAB)
 
 
 @pytest.fixture(scope="module")
