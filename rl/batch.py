@@ -1,7 +1,10 @@
 """Turn trajectories into padded tensors and micro-batches for the learner.
 
-One training sample per segment (sub-trace). Micro-batches are formed by a token budget
-(`rows x longest row <= budget`) over samples sorted by length, so padding stays small.
+One training sample per segment (sub-trace). Micro-batches are formed by a token budget over
+samples sorted by length: padded (`rows x longest row <= budget`, padding stays small) or packed
+(``algo.pack_sequences``: `sum of lengths <= budget`, first-fit decreasing; the rows of a micro-batch
+run as one sequence with position ids restarting at each sample, so no padding is computed at all:
+transformers then masks attention per sample, and flash-attention runs it as variable-length).
 Position i of every tensor is aligned with token i: `action_mask[:, i]` says whether token i was
 sampled by the policy, `behavior_logprobs[:, i]` is its behaviour log-prob; the log-prob and the
 value of token i are read from the model's output at position i-1.
@@ -78,6 +81,41 @@ def collate(trajectories: list[Trajectory], pad_token_id: int) -> SampleBatch:
         oldest_version=torch.tensor([s.oldest_version() if s.oldest_version() is not None else -1
                                      for _, s, _ in segs], dtype=torch.long),
     )
+
+
+def packed_micro_batches(batch: SampleBatch, token_budget: int) -> list[list[int]]:
+    """Group rows so that the sum of their lengths <= token_budget (first-fit decreasing; a row longer
+    than the budget goes alone)."""
+    lengths = batch.attention_mask.sum(-1).tolist()
+    groups: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((g for g, room in enumerate(free) if lengths[i] <= room), None)
+        if slot is None:
+            groups.append([i])
+            free.append(token_budget - lengths[i])
+        else:
+            groups[slot].append(i)
+            free[slot] -= lengths[i]
+    return groups
+
+
+def pack(mb: SampleBatch) -> dict:
+    """The model inputs of micro-batch `mb` as one packed row: its samples' tokens back to back
+    ([1, N], N = real tokens), position ids restarting at 0 for each sample. Without an attention
+    mask transformers finds the sample boundaries from the position ids (no cache may be used)."""
+    keep = mb.attention_mask.bool()
+    positions = mb.attention_mask.cumsum(-1) - 1
+    return {"input_ids": mb.input_ids[keep][None], "position_ids": positions[keep][None], "use_cache": False}
+
+
+def unpack(mb: SampleBatch, packed: torch.Tensor) -> torch.Tensor:
+    """Per-token outputs of a packed row ([1, N, ...]) back in `mb`'s padded layout ([rows, T, ...],
+    zeros at padding)."""
+    keep = mb.attention_mask.bool()
+    out = packed.new_zeros(*keep.shape, *packed.shape[2:])
+    out[keep] = packed[0]
+    return out
 
 
 def micro_batches(batch: SampleBatch, token_budget: int) -> list[list[int]]:

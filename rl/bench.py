@@ -4,7 +4,7 @@
     horizonrl-bench antihack     `horizonrl-audit scan --rules-only` throughput on 10,000 calls
     horizonrl-bench sandbox      local sandbox tool-call latency, start time, sandboxes alive at once
     horizonrl-bench engine       hf engine sampling throughput (tokens/s) on the default policy shape
-    horizonrl-bench learner      DeepSpeed policy training throughput (tokens/s)
+    horizonrl-bench learner      DeepSpeed policy training throughput (tokens/s), padded vs packed micro-batches
     horizonrl-bench async        the same PPO steps with orchestrator=sync, then async: wall time, speedup
     horizonrl-bench gpu          on a CUDA GPU: hf engine generate tokens/s, learner PPO-step tokens/s and
                                  weight-push GB/s with a random-init Qwen2 of 0.5B-class dims (refuses
@@ -55,27 +55,44 @@ def bench_engine(batch: int, prompt_len: int, new_tokens: int, hidden: int, laye
             "tokens_per_s": round(tokens / seconds, 1), "hidden": hidden, "layers": layers, "threads": threads}
 
 
-def bench_learner(batch: int, seq_len: int, hidden: int, layers: int, steps: int, threads: int) -> dict:
-    from rl.batch import SampleBatch
+def bench_learner(batch: int, seq_len: int, min_seq_len: int, micro_batch_tokens: int, hidden: int, layers: int,
+                  steps: int, threads: int) -> dict:
+    """SFT steps on `batch` samples of lengths uniform in [min_seq_len, seq_len], first with padded
+    micro-batches, then packed ones (``algo.pack_sequences``): tokens/s over the real tokens, and the
+    token slots each computes (padding included)."""
+    from rl.batch import SampleBatch, micro_batches
     from rl.config import AlgoConfig, DeepSpeedConfig
     from rl.learner import PolicyLearner, init_distributed
 
     torch.set_num_threads(threads)
     init_distributed(DeepSpeedConfig(master_port=29671))
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(min(min_seq_len, seq_len), seq_len + 1, (batch,), generator=g)
+    attn = (torch.arange(seq_len)[None] < lengths[:, None]).long()
+    ids = torch.randint(1, 2048, (batch, seq_len), generator=g) * attn
+    act = attn.float()
+    act[:, 0] = 0.0
+    sample = SampleBatch(ids, attn, act, -act * 7.6, torch.ones(batch), torch.arange(batch),
+                         torch.zeros(batch, dtype=torch.long), act.sum(-1), torch.zeros(batch, dtype=torch.long))
+    real = int(lengths.sum())
+    result = {"batch": batch, "seq_len": seq_len, "min_seq_len": min_seq_len, "micro_batch_tokens": micro_batch_tokens,
+              "real_tokens": real, "steps": steps, "hidden": hidden, "layers": layers, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
-        learner = PolicyLearner(_tiny_model_dir(Path(tmp), hidden, layers, 2048), 1e-4, AlgoConfig(), DeepSpeedConfig(), 1.0)
-        ids = torch.randint(1, 2048, (batch, seq_len))
-        ones = torch.ones(batch, seq_len)
-        sample = SampleBatch(ids, ones.long(), ones, -ones * 7.6, torch.ones(batch), torch.arange(batch),
-                             torch.zeros(batch, dtype=torch.long), ones.sum(-1), torch.zeros(batch, dtype=torch.long))
-        learner.sft_step(sample)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            learner.sft_step(sample)
-        seconds = time.perf_counter() - t0
-    return {"batch": batch, "seq_len": seq_len, "steps": steps, "seconds": round(seconds, 3),
-            "train_tokens_per_s": round(batch * seq_len * steps / seconds, 1), "hidden": hidden, "layers": layers,
-            "threads": threads}
+        model = _tiny_model_dir(Path(tmp), hidden, layers, 2048)
+        for packed in (False, True):
+            algo = AlgoConfig(micro_batch_tokens=micro_batch_tokens, pack_sequences=packed)
+            learner = PolicyLearner(model, 1e-4, algo, DeepSpeedConfig(), 1.0)
+            learner.sft_step(sample)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                learner.sft_step(sample)
+            seconds = time.perf_counter() - t0
+            slots = real if packed else sum(len(m) * int(lengths[m].max()) for m in micro_batches(sample, micro_batch_tokens))
+            result["packed" if packed else "padded"] = {
+                "seconds": round(seconds, 3), "train_tokens_per_s": round(real * steps / seconds, 1),
+                "computed_token_slots": slots, "padding_fraction": round(1 - real / slots, 4)}
+    result["packed_speedup"] = round(result["padded"]["seconds"] / result["packed"]["seconds"], 3)
+    return result
 
 
 def _tree_cpu_s(root: int) -> float:
@@ -468,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seq-len", type=int, default=220)
         p.add_argument("--new-tokens", type=int, default=64)
         p.add_argument("--steps", type=int, default=3)
+        if name == "learner":
+            p.add_argument("--min-seq-len", type=int, default=220, help="< --seq-len: lengths vary (padding)")
+            p.add_argument("--micro-batch-tokens", type=int, default=8192)
     args = parser.parse_args(argv)
     if args.what == "gae":
         from critic.bench import main as gae_main
@@ -496,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "engine":
         result = bench_engine(args.batch, args.seq_len, args.new_tokens, args.hidden, args.layers, args.threads)
     else:
-        result = bench_learner(args.batch, args.seq_len, args.hidden, args.layers, args.steps, args.threads)
+        result = bench_learner(args.batch, args.seq_len, args.min_seq_len, args.micro_batch_tokens, args.hidden,
+                               args.layers, args.steps, args.threads)
     print(json.dumps(result))
 
 

@@ -104,6 +104,7 @@ class AlgoConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_tokens: int = 8192
+    pack_sequences: bool = False                # micro-batches as one packed row each (no padding computed)
     policy_loss: str = "dis"                    # dis (one step against the behaviour policy) | ppo_clip
     clip_low: float = 0.2                       # ppo_clip: r_t = pi/pi_old clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from critic.gae import gae_over_segments, length_adaptive_lambda
 from critic.losses import clipped_value_loss, explained_variance
-from rl.batch import SampleBatch, micro_batches
+from rl.batch import SampleBatch, micro_batches, pack, packed_micro_batches, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.losses import (dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss,
                        reference_kl_loss)
@@ -97,11 +97,13 @@ def global_action_tokens(batch: SampleBatch) -> float:
     return float(dp_all_reduce(batch.action_mask.sum().double()))
 
 
-def dp_micro_batches(batch: SampleBatch, token_budget: int) -> tuple[list[list[int]], int]:
-    """This rank's micro-batches and how many every rank runs: the most any rank has. A rank with
-    fewer runs zero-weighted passes (:func:`idle_pass`) so that every rank makes the same collective
-    calls (ZeRO gathers parameters in forward and reduces gradients in backward)."""
-    groups = micro_batches(batch, token_budget)
+def dp_micro_batches(batch: SampleBatch, algo: AlgoConfig) -> tuple[list[list[int]], int]:
+    """This rank's micro-batches (padded or packed, ``algo.micro_batch_tokens`` each) and how many
+    every rank runs: the most any rank has. A rank with fewer runs zero-weighted passes
+    (:func:`idle_pass`) so that every rank makes the same collective calls (ZeRO gathers parameters
+    in forward and reduces gradients in backward)."""
+    group = packed_micro_batches if algo.pack_sequences else micro_batches
+    groups = group(batch, algo.micro_batch_tokens)
     count = dp_all_reduce(torch.tensor(len(groups), device=batch.input_ids.device), op="max")
     return groups, int(count)
 
@@ -113,11 +115,19 @@ def idle_pass(engine, batch: SampleBatch) -> torch.Tensor:
     return out.float().sum() * 0.0
 
 
-def per_token(engine, batch: SampleBatch, token_budget: int, fn) -> torch.Tensor:
+def model_logits(model, mb: SampleBatch, packed: bool) -> torch.Tensor:
+    """The model's output (logits) at every position of micro-batch `mb`, [rows, T, ...]: run padded
+    with the attention mask, or packed into one row (:func:`rl.batch.pack`) and unpacked."""
+    if packed:
+        return unpack(mb, model(**pack(mb)).logits)
+    return model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+
+
+def per_token(engine, batch: SampleBatch, algo: AlgoConfig, fn) -> torch.Tensor:
     """`fn(micro_batch)` ([rows, T_mb] per token) over every micro-batch, assembled into `batch`'s [B, T]
     layout (no gradient); idle passes keep the data-parallel ranks' collectives in step."""
     out = torch.zeros_like(batch.action_mask)
-    groups, count = dp_micro_batches(batch, token_budget)
+    groups, count = dp_micro_batches(batch, algo)
     for i in range(count):
         if i >= len(groups):
             idle_pass(engine, batch)
@@ -127,12 +137,12 @@ def per_token(engine, batch: SampleBatch, token_budget: int, fn) -> torch.Tensor
     return out
 
 
-def accumulate(engine, batch: SampleBatch, token_budget: int, loss_of) -> float:
+def accumulate(engine, batch: SampleBatch, algo: AlgoConfig, loss_of) -> float:
     """Backward `loss_of(rows, micro_batch)` for every micro-batch of `batch` (each loss already
     divided by the global token count), then take one optimiser step; returns the gradient norm
     before clipping. DeepSpeed averages gradients over the data-parallel ranks, so each rank's loss
     is scaled by their number: the step is the gradient of the global batch's token-mean."""
-    groups, count = dp_micro_batches(batch, token_budget)
+    groups, count = dp_micro_batches(batch, algo)
     world = dp_world_size()
     norm = None
     for i in range(count):
@@ -160,16 +170,17 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 class ReferencePolicy:
     """A frozen copy of the policy RL started from, for the KL penalty (``algo.kl_coef``)."""
 
-    def __init__(self, model_path: Path, temperature: float, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model_path: Path, temperature: float, device: torch.device | str = "cpu",
+                 packed: bool = False) -> None:
         self.path = Path(model_path)
+        self.packed = packed
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
         self.model.to(device).eval().requires_grad_(False)
         self.temperature = temperature
 
     @torch.no_grad()
     def logprobs(self, mb: SampleBatch) -> torch.Tensor:
-        logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-        return token_logprobs(logits, mb.input_ids, self.temperature)
+        return token_logprobs(model_logits(self.model, mb, self.packed), mb.input_ids, self.temperature)
 
 
 class PolicyLearner:
@@ -181,11 +192,11 @@ class PolicyLearner:
         self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
         self.algo = algo
         self.temperature = temperature
-        self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device)
+        self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device, algo.pack_sequences)
                           if algo.kl_coef > 0 else None)
 
     def forward(self, mb: SampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+        logits = model_logits(self.engine, mb, self.algo.pack_sequences)
         logp = token_logprobs(logits, mb.input_ids, self.temperature)
         return logp, logits
 
@@ -200,13 +211,13 @@ class PolicyLearner:
             loss = -(logp * mb.action_mask).sum() / n
             stats["nll"] += float(loss.detach())
             return loss
-        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
+        grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
         return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm}
 
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
         """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""
-        return per_token(self.engine, batch, self.algo.micro_batch_tokens, lambda mb: self.forward(mb)[0])
+        return per_token(self.engine, batch, self.algo, lambda mb: self.forward(mb)[0])
 
     def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None) -> dict:
         """One policy-gradient step over the whole batch: the DIS loss against the behaviour
@@ -245,7 +256,7 @@ class PolicyLearner:
                 sums["entropy"] += float((ent * mb.action_mask[:, 1:]).sum()) / n
             sums["loss"] += float(loss.detach())
             return loss
-        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
+        grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
         return {f"policy/{k}": v for k, v in sums.items()} | {"policy/grad_norm": grad_norm}
 
     def state_dict(self) -> dict:
@@ -274,12 +285,12 @@ class CriticLearner:
 
     def forward(self, mb: SampleBatch) -> torch.Tensor:
         """V(h_i) for token i, read at position i-1 (where the logit that produced token i lives)."""
-        out = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()
+        out = model_logits(self.engine, mb, self.algo.pack_sequences)[..., 0].float()
         return torch.nn.functional.pad(out[:, :-1], (1, 0)) * mb.action_mask
 
     @torch.no_grad()
     def values(self, batch: SampleBatch) -> torch.Tensor:
-        return per_token(self.engine, batch, self.algo.micro_batch_tokens, self.forward)
+        return per_token(self.engine, batch, self.algo, self.forward)
 
     def step(self, batch: SampleBatch, old_values: torch.Tensor, returns: torch.Tensor) -> dict:
         n = global_action_tokens(batch)
@@ -292,7 +303,7 @@ class CriticLearner:
             sums["loss"] += float(loss.detach())
             sums["clipfrac"] += float(clipfrac) * mb.num_action_tokens / n
             return loss
-        grad_norm = accumulate(self.engine, batch, self.algo.micro_batch_tokens, loss_of)
+        grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
         return {"critic/loss": sums["loss"], "critic/clipfrac": sums["clipfrac"], "critic/grad_norm": grad_norm}
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rl.batch import collate, micro_batches, trainable
+from rl.batch import collate, micro_batches, pack, packed_micro_batches, trainable, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed, token_logprobs
 from rollout.trajectory import Segment, Status, Trajectory
@@ -51,6 +51,47 @@ def test_micro_batches_respect_the_token_budget():
     lengths = batch.attention_mask.sum(-1)
     for g in groups:
         assert len(g) == 1 or len(g) * int(lengths[g].max()) <= 40
+
+
+def test_packed_micro_batches_fill_the_budget_with_real_tokens():
+    batch = collate(make_trajectories(10, 1), pad_token_id=0)
+    lengths = batch.attention_mask.sum(-1)
+    groups = packed_micro_batches(batch, token_budget=40)
+    assert sorted(i for g in groups for i in g) == list(range(10))
+    assert all(len(g) == 1 or int(lengths[g].sum()) <= 40 for g in groups)
+    assert len(groups) <= len(micro_batches(batch, token_budget=40))
+    assert len(packed_micro_batches(batch, token_budget=int(lengths.sum()))) == 1
+    mb = batch.rows(groups[0])
+    inputs = pack(mb)
+    assert inputs["input_ids"].shape == (1, int(lengths[groups[0]].sum()))
+    starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert starts == [0] + lengths[groups[0]].cumsum(0)[:-1].tolist()   # positions restart at every sample
+    assert torch.equal(unpack(mb, inputs["input_ids"][..., None])[..., 0], mb.input_ids * mb.attention_mask)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_packed_sequences_give_the_padded_step(model_dir, zero_stage):
+    """Packing changes where tokens sit, not what the model computes: the same log-probs, values,
+    losses and updated weights as the padded micro-batches (a missing per-sample attention mask
+    would let samples attend to each other and change all of them)."""
+    batch = collate(make_trajectories(12, 13), pad_token_id=0)
+    results = {}
+    for packed in (False, True):
+        algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, critic_lr=1e-2, micro_batch_tokens=48,
+                          pack_sequences=packed, kl_coef=0.1)
+        ds = DeepSpeedConfig(zero_stage=zero_stage)
+        learner = PPOLearner(PolicyLearner(model_dir, algo.policy_lr, algo, ds, temperature=1.0),
+                             CriticLearner(model_dir, algo, ds), algo)
+        start = learner.policy.logprobs(batch)
+        batch.behavior_logprobs = start * batch.action_mask
+        metrics = learner.train_step(batch)
+        results[packed] = (start, metrics, learner.policy.logprobs(batch), learner.critic.values(batch))
+    (lp0, m0, after0, v0), (lp1, m1, after1, v1) = results[False], results[True]
+    mask = batch.action_mask.bool()
+    assert torch.allclose(lp0[mask], lp1[mask], atol=1e-5)
+    assert abs(m0["policy/loss"] - m1["policy/loss"]) < 1e-5 and abs(m0["critic/loss"] - m1["critic/loss"]) < 1e-5
+    assert torch.allclose(after0[mask], after1[mask], atol=1e-4) and not torch.allclose(after0[mask], lp0[mask])
+    assert torch.allclose(v0[mask], v1[mask], atol=1e-4)
 
 
 def test_advantages_zero_outside_actions_and_returns_equal_reward(model_dir):
