@@ -215,8 +215,13 @@ class SyncRolloutSource:
     """``orchestrator=sync``: each batch is n new episodes run with the current weights."""
 
     def __init__(self, cluster: RolloutCluster, sampler: TaskSampler, start_worker: Callable[[], ActorHandle],
-                 max_attempts: int = 3, id_prefix: str = "train") -> None:
+                 max_attempts: int = 3, id_prefix: str = "train", colocated_learner=None) -> None:
+        """`colocated_learner` (``cluster.offload_between_phases``): the learner that shares the engines'
+        GPUs; the two take turns: its states leave the GPU for each rollout and each weight push, the
+        engines' memory is released after each rollout (the learner's train_step onloads, the push
+        resumes the engines)."""
         self.cluster = cluster
+        self.colocated_learner = colocated_learner
         self.pool = EpisodePool(cluster, start_worker, max_attempts)
         self.issuer = _Issuer(sampler, id_prefix)
 
@@ -224,12 +229,16 @@ class SyncRolloutSource:
         t0 = time.perf_counter()
         requeued0 = self.pool.requeued
         episodes = self.issuer.new(n)
+        if self.colocated_learner is not None:
+            self.colocated_learner.offload()
         for episode in episodes:
             self.pool.submit(episode)
         by_id: dict[str, Trajectory] = {}
         while len(by_id) < n:
             by_id.update((ep.rollout_id, traj) for ep, traj in self.pool.wait())
         trajectories = [by_id[ep.rollout_id] for ep in episodes]
+        if self.colocated_learner is not None:
+            self.cluster.release_memory()
         return RolloutBatch(trajectories, _metrics(trajectories, learner_version, self.pool, 0, 0,
                                                    self.pool.requeued - requeued0, time.perf_counter() - t0, 0))
 
@@ -237,6 +246,8 @@ class SyncRolloutSource:
         return True
 
     def push_weights(self, state: dict, version: int) -> None:
+        if self.colocated_learner is not None:   # `state` is a host copy: the learner's turn is over
+            self.colocated_learner.offload()
         self.cluster.push_weights(state, version)
 
     def wait_for_push(self) -> None:
@@ -324,14 +335,15 @@ class AsyncRolloutSource:
         self.finished.clear()
 
 
-def rollout_source(cfg: TrainConfig, cluster: RolloutCluster, sampler: TaskSampler, policy_path: str,
-                   audit_path: str | None = None, run_name: str = ""):
-    """The train loop's source of trajectories: `orchestrator=sync` or `async` (same calls)."""
+def rollout_source(cfg: TrainConfig, cluster: RolloutCluster, sampler: TaskSampler, policy_path: str, learner=None):
+    """The train loop's source of trajectories: `orchestrator=sync` or `async` (same calls). `learner`
+    takes turns with the engines on shared GPUs when ``cluster.offload_between_phases``."""
     def start_worker() -> ActorHandle:
-        return start_rollout_worker(cluster.engine, policy_path, cfg, audit_path, run_name)
+        return start_rollout_worker(cluster.engine, policy_path, cfg, cluster.audit_path, cluster.run_name)
 
     if cfg.orchestrator == "async":
         source = AsyncRolloutSource(cluster, sampler, cfg.async_rollout, start_worker)
         source.start()
         return source
-    return SyncRolloutSource(cluster, sampler, start_worker)
+    return SyncRolloutSource(cluster, sampler, start_worker,
+                             colocated_learner=learner if cfg.cluster.offload_between_phases else None)

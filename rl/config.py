@@ -169,6 +169,8 @@ class ClusterConfig:
     #                                    with learner_gpus > 0; 0 = learner_gpus of them, or on the CPU the learner in
     #                                    the driver process
     critic_gpus: int = 0               # disaggregated: the critic's own GPUs (0 = on the learner's)
+    offload_between_phases: bool = False  # colocated + sync: engines release GPU memory while the learner trains,
+    #                                       the learner offloads its states while the engines generate
     ready_timeout_s: float = 300.0     # how long to wait for the cluster to hold the placement group
 
     def __post_init__(self) -> None:
@@ -230,6 +232,14 @@ class TrainConfig:
             raise ValueError(f"env.docker.max_live = {self.env.docker.max_live} must be at least 2 x "
                              f"rollout.max_concurrent_per_worker = {2 * self.rollout.max_concurrent_per_worker} "
                              f"(each episode holds a container, and a second one while it is graded)")
+        if self.cluster.offload_between_phases:
+            if self.cluster.placement != "colocated" or self.orchestrator != "sync":
+                raise ValueError(f"cluster.offload_between_phases takes turns on shared GPUs: it needs "
+                                 f"cluster.placement=colocated and orchestrator=sync (got {self.cluster.placement}, "
+                                 f"{self.orchestrator})")
+            if self.deepspeed.zero_stage == 0:
+                raise ValueError("cluster.offload_between_phases needs deepspeed.zero_stage >= 1 (ZeRO-0 has no "
+                                 "states DeepSpeed can move off the GPU)")
 
 
 CHOICES = {

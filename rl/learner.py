@@ -78,6 +78,35 @@ def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, gra
     return engine
 
 
+def offload_states(engine) -> None:
+    """Colocated training: move a DeepSpeed engine's training states off the GPU while the policy
+    engines generate on it (DeepSpeed's ``engine.offload_states``). All of them with ZeRO-1/2; with
+    ZeRO-3 DeepSpeed moves optimiser states only for its FusedAdam, so with torch's AdamW the
+    parameters, gradients and gradient buffer go (``deepspeed.offload_optimizer`` keeps the
+    optimiser states in host memory all along); with ``offload_params`` nothing is left to move."""
+    from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as State
+
+    stage = engine.zero_optimization_stage()
+    if stage == 0:
+        raise ValueError("offloading the learner between phases needs deepspeed.zero_stage >= 1 "
+                         "(ZeRO-0 has no states DeepSpeed can move)")
+    if engine.zero_offload_param() is not None and engine.zero_offload_param().device != "none":
+        return
+    fused = type(engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer).__name__
+    include = None if stage < 3 or fused == "FusedAdam" else [State.lp_params, State.lp_grads,
+                                                              State.contiguous_grad_buffer]
+    engine.offload_states(include=include, pin_memory=torch.cuda.is_available())
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def reload_states(engine) -> None:
+    """Undo :func:`offload_states`: the training states back on the engine's device."""
+    if engine.zero_offload_param() is not None and engine.zero_offload_param().device != "none":
+        return
+    engine.reload_states()
+
+
 def dp_world_size() -> int:
     """Data-parallel ranks of the learner (1 without a process group)."""
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -195,6 +224,16 @@ class PolicyLearner:
         self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device, algo.pack_sequences)
                           if algo.kl_coef > 0 else None)
 
+    def offload(self) -> None:
+        offload_states(self.engine)
+        if self.reference is not None:
+            self.reference.model.to("cpu")
+
+    def onload(self) -> None:
+        reload_states(self.engine)
+        if self.reference is not None:
+            self.reference.model.to(self.engine.device)
+
     def forward(self, mb: SampleBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model_logits(self.engine, mb, self.algo.pack_sequences)
         logp = token_logprobs(logits, mb.input_ids, self.temperature)
@@ -283,6 +322,12 @@ class CriticLearner:
         self.engine = deepspeed_engine(model, algo.critic_lr, algo.weight_decay, algo.grad_clip, ds)
         self.algo = algo
 
+    def offload(self) -> None:
+        offload_states(self.engine)
+
+    def onload(self) -> None:
+        reload_states(self.engine)
+
     def forward(self, mb: SampleBatch) -> torch.Tensor:
         """V(h_i) for token i, read at position i-1 (where the logit that produced token i lives)."""
         out = model_logits(self.engine, mb, self.algo.pack_sequences)[..., 0].float()
@@ -356,8 +401,34 @@ class PPOLearner:
     def __init__(self, policy: PolicyLearner, critic: CriticLearner, algo: AlgoConfig) -> None:
         self.policy, self.critic, self.algo = policy, critic, algo
         self.steps_done = 0
+        self.offloaded = False
+
+    def offload(self) -> None:
+        """Colocated training: policy and critic states off the GPU while the engines generate."""
+        if not self.offloaded:
+            self.policy.offload()
+            self.critic.offload()
+            self.offloaded = True
+
+    def onload(self) -> None:
+        if self.offloaded:
+            self.policy.onload()
+            self.critic.onload()
+            self.offloaded = False
+
+    @contextlib.contextmanager
+    def onloaded(self):
+        """The states on the device for the duration (a checkpoint of an offloaded learner)."""
+        was = self.offloaded
+        self.onload()
+        try:
+            yield self
+        finally:
+            if was:
+                self.offload()
 
     def train_step(self, batch: SampleBatch) -> dict:
+        self.onload()   # colocated: the rollout phase left the states in host memory
         batch = batch.to(self.policy.engine.device)  # collated on the CPU; the learner may be on a GPU
         values = self.critic.values(batch)
         adv = compute_advantages(batch, values, self.algo)

@@ -80,12 +80,17 @@ class LearnerRank:
 
     def save_checkpoint(self, root: str, step: int, sampler, version: int, metrics_history: list[dict], extra: dict,
                         keep: int, tokenizer) -> str:
-        return str(save_checkpoint(Path(root), step, self.learner, sampler, version, metrics_history, extra, keep,
-                                   tokenizer))
+        with self.learner.onloaded():
+            return str(save_checkpoint(Path(root), step, self.learner, sampler, version, metrics_history, extra, keep,
+                                       tokenizer))
 
     def load_checkpoint(self, path: str, sampler) -> tuple[ResumeState, dict]:
-        state = load_checkpoint(Path(path), self.learner, sampler)
+        with self.learner.onloaded():
+            state = load_checkpoint(Path(path), self.learner, sampler)
         return state, sampler.state()
+
+    def offload(self) -> None:
+        self.learner.offload()
 
     def steps_done(self) -> int:
         return self.learner.steps_done
@@ -163,6 +168,10 @@ class LearnerGroup:
         sampler.load_state(sampler_state)
         return state
 
+    def offload(self) -> None:
+        """Colocated training: every rank's states off its GPU (the next train_step brings them back)."""
+        ray.get([r.offload.remote() for r in self.ranks])
+
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
@@ -186,10 +195,16 @@ class LocalLearner:
 
     def save_checkpoint(self, root: Path, step: int, sampler, version: int, metrics_history: list[dict],
                         extra: dict, keep: int, tokenizer=None) -> Path:
-        return save_checkpoint(root, step, self.learner, sampler, version, metrics_history, extra, keep, tokenizer)
+        with self.learner.onloaded():
+            return save_checkpoint(root, step, self.learner, sampler, version, metrics_history, extra, keep, tokenizer)
 
     def load_checkpoint(self, path: Path, sampler) -> ResumeState:
-        return load_checkpoint(path, self.learner, sampler)
+        with self.learner.onloaded():
+            return load_checkpoint(path, self.learner, sampler)
+
+    def offload(self) -> None:
+        """Colocated training: the states off the GPU (the next train_step brings them back)."""
+        self.learner.offload()
 
     def shutdown(self) -> None:
         pass

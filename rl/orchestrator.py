@@ -34,7 +34,8 @@ def start_engine(policy_path: str, tokenizer, cfg: TrainConfig, placement: Place
     """The policy engine as a Ray actor: `hf` (in-process transformers; with ``engine.device=cuda`` on
     engine 0's bundle of `placement`, or on any free GPU without one) or `sglang` (servers)."""
     if cfg.engine.type == "sglang":
-        sg = dataclasses.replace(cfg.sglang, model_path=cfg.sglang.model_path or policy_path)
+        sg = dataclasses.replace(cfg.sglang, model_path=cfg.sglang.model_path or policy_path,
+                                 memory_saver=cfg.sglang.memory_saver or cfg.cluster.offload_between_phases)
         gpu_ids = placement.engine_gpu_ids() if placement is not None and placement.plan.engines[0] else None
         where = placement.engine_options(0) if gpu_ids is not None else {"num_cpus": 0}
         if gpu_ids is not None:
@@ -65,6 +66,7 @@ class RolloutCluster:
     def __init__(self, policy_path: str, tokenizer, cfg: TrainConfig, audit_path: str | None = None,
                  run_name: str = "") -> None:
         init_ray(cfg.cluster, local_num_cpus=max(2, cfg.rollout.num_workers + 1))
+        self.audit_path, self.run_name = audit_path, run_name   # replacement workers audit to the same place
         self.placement = reserve_placement(cfg.cluster, *engine_gpus(cfg))
         self.engine = start_engine(policy_path, tokenizer, cfg, self.placement)
         self.workers = [
@@ -82,8 +84,13 @@ class RolloutCluster:
         return rollout_round_robin(self.workers, tasks, rollout_ids, self.sampling)
 
     def push_weights(self, state: dict, version: int) -> None:
+        """New weights to the engine (one that released its memory takes it back first)."""
         ray.get(self.engine.update_weights.remote(ray.put(state), version))
         self.version = version
+
+    def release_memory(self) -> None:
+        """Colocated training: the engine's GPU memory back to the learner until the next push."""
+        ray.get(self.engine.release_memory.remote())
 
     def shutdown(self) -> None:
         ray.wait([w.close.remote() for w in self.workers], num_returns=len(self.workers), timeout=60)

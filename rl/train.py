@@ -68,13 +68,11 @@ def main(raw: DictConfig) -> None:
         state = learner.load_checkpoint(resume, sampler)
         start, log.history, ema = state.step, state.metrics_history, state.extra["ema"]
         log.phase(f"resumed from {resume} at step {start}")
-    source, started = rollout_source(cfg, cluster, sampler, str(policy_path), str(run_dir / "audit.sqlite"), run_dir.name), time.time()
+    source, started = rollout_source(cfg, cluster, sampler, str(policy_path), learner), time.time()
     for step in range(start, cfg.steps):
         t0 = time.time()
         batch = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)  # sync: run now; async: buffered
         metrics = learner.train_step(collate(trainable(batch.trajectories), tokenizer.pad_token_id))
-        if source.should_push(step + 1):
-            source.push_weights(learner.state_dict(), version=step + 1)
         rm = rollout_metrics(batch.trajectories)
         ema = 0.8 * ema + 0.2 * rm["rollout/pass_rate"]
         log.log(step, metrics | rm | batch.metrics | {"rollout/pass_rate_ema": ema, "perf/step_s": time.time() - t0,
@@ -83,6 +81,8 @@ def main(raw: DictConfig) -> None:
             checkpoint = learner.save_checkpoint(run_dir / "checkpoints", step + 1, sampler, version=step + 1,
                                                  metrics_history=log.history, extra={"ema": ema},
                                                  keep=cfg.checkpoint.keep, tokenizer=tokenizer)
+        if source.should_push(step + 1):   # after the checkpoint: colocated, the push ends the learner's turn
+            source.push_weights(learner.state_dict(), version=step + 1)
     source.close()
 
     # 4. The held-out pass rate after RL, the summary; the run directory is the last line printed.

@@ -46,3 +46,9 @@ class Engine(Protocol):
     async def update_weights(self, state: dict, version: int) -> None: ...
 
     async def weight_version(self) -> int: ...
+
+    async def release_memory(self, tags: list[str] | None = None) -> None:
+        """Colocated training: give the device memory back while the learner trains (between rollouts)."""
+
+    async def resume_memory(self, tags: list[str] | None = None) -> None:
+        """Take it back; `update_weights` on a released engine does this itself."""

@@ -51,6 +51,19 @@ class HFGenerator:
         self.pad_token_id = pad_token_id
         self.generator = torch.Generator(device=self.device).manual_seed(seed)  # samples where the logits are
         self.version = 0
+        self.released = False
+
+    def release_memory(self) -> None:
+        """Colocated training: the weights go to host memory (the KV cache lives only inside a
+        `generate` call), and the device's cache is given back; on the CPU nothing moves."""
+        if self.device.type != "cpu":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        self.released = True
+
+    def resume_memory(self) -> None:
+        self.model.to(self.device)
+        self.released = False
 
     def load_state(self, state: dict, version: int) -> None:
         missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -61,6 +74,9 @@ class HFGenerator:
         self.version = version
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerateOutput]:
+        if self.released:
+            raise RuntimeError("the hf engine's memory is released (release_memory): resume_memory() or "
+                               "update_weights first")
         with sdpa_kernel(GENERATE_SDPA_BACKENDS):
             return self._generate(prompts, params)
 
@@ -220,8 +236,21 @@ class HFEngineActor:
                 r.future.set_result(o)
 
     async def update_weights(self, state: dict, version: int) -> None:
+        """Load `state` as `version`; a released engine takes its memory back (colocated training)."""
         async with self.lock:
             self.gen.load_state(state, version)
+            if self.gen.released:
+                self.gen.resume_memory()
+
+    async def release_memory(self, tags: list[str] | None = None) -> None:
+        """The Engine interface's colocated-training hooks (`tags` as SGLang's; the hf engine has
+        only its weights to move)."""
+        async with self.lock:
+            self.gen.release_memory()
+
+    async def resume_memory(self, tags: list[str] | None = None) -> None:
+        async with self.lock:
+            self.gen.resume_memory()
 
     async def weight_version(self) -> int:
         return self.gen.version

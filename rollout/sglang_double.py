@@ -9,7 +9,8 @@ shapes of SGLang **0.5.23**, read from that release's source (wheel ``sglang==0.
   ``/flush_cache`` (200 text, or 400 ``"Flush cache failed.\\n"`` while requests run),
   ``/init_weights_update_group``, ``/destroy_weights_update_group``, ``/begin_weight_update``,
   ``/end_weight_update``, ``/update_weights_from_distributed``, ``/update_weights_from_tensor``,
-  ``/update_weights_from_disk``, ``/update_weight_version``, ``/get_weights_by_name``).
+  ``/update_weights_from_disk``, ``/update_weight_version``, ``/get_weights_by_name``,
+  ``/release_memory_occupation`` and ``/resume_memory_occupation`` with optional ``tags``).
 * ``python/sglang/srt/managers/io_struct.py``: request fields (``GenerateReqInput``,
   ``AbortReq``, ``PauseGenerationReqInput`` with modes abort / retract / in_place,
   ``UpdateWeightsFromDistributedReqInput``, ``UpdateWeightsFromTensorReqInput``,
@@ -25,6 +26,10 @@ shapes of SGLang **0.5.23**, read from that release's source (wheel ``sglang==0.
 * ``python/sglang/srt/managers/scheduler_components/weight_updater.py``: distributed and tensor
   updates must run inside ``begin_weight_update``/``end_weight_update``; the version recorded at
   an update; the receive loop (``torch.empty`` + ``broadcast(src=0)`` per manifest entry).
+* ``python/sglang/srt/managers/scheduler_components/weight_updater.py`` and ``python/sglang/srt/constants.py``:
+  memory release for colocated training: tags ``weights``, ``kv_cache``, ``cuda_graph`` (none = all),
+  only when the server is idle (paused requests may wait), a resumed tag must have been released;
+  without ``--enable-memory-saver`` the release is accepted and frees nothing.
 * ``python/sglang/srt/layers/sampler.py``: returned log-probs are ``log_softmax(logits / T)`` of the
   sampled token (before top-k / top-p renormalisation).
 * ``python/sglang/srt/utils/common.py``: ``init_custom_process_group`` (joined here as the
@@ -84,6 +89,8 @@ SAMPLING_PARAM_KEYS = frozenset({
     "stream_interval", "logit_bias", "sampling_seed", "custom_params", "beam_width", "watermark", "choice",
 })
 TOP_K_ALL = 1 << 30
+# python/sglang/srt/constants.py: GPU_MEMORY_ALL_TYPES
+MEMORY_TAGS = ("kv_cache", "weights", "cuda_graph")
 
 
 
@@ -194,7 +201,7 @@ class SGLangDouble(_ThreadedApp):
     def __init__(self, model_path: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  weight_version: str = "default", sglang_version: str = DOUBLE_SGLANG_VERSION, tp_size: int = 1,
                  seed: int = 0, token_delay_s: float = 0.0, skip_tokenizer_init: bool = False,
-                 server_args: Optional[dict] = None) -> None:
+                 server_args: Optional[dict] = None, enable_memory_saver: bool = False) -> None:
         super().__init__(host, port)
         self.model_path = str(model_path)
         self.launch_weight_version = weight_version
@@ -204,6 +211,7 @@ class SGLangDouble(_ThreadedApp):
         self.token_delay_s = token_delay_s
         self.skip_tokenizer_init = skip_tokenizer_init
         self.server_args = dict(server_args or {})
+        self.enable_memory_saver = enable_memory_saver
         self.calls: list[str] = []          # control endpoints hit, in order
         self.call_bodies: list[tuple[str, dict]] = []  # weight-update calls with their bodies (payloads elided)
         self.flush_busy_remaining = 0
@@ -229,6 +237,7 @@ class SGLangDouble(_ThreadedApp):
         self.pause_mode = "abort"
         self.session_open = False
         self.groups: dict[str, Any] = {}
+        self.released: set[str] = set()          # memory tags given back (release_memory_occupation)
         self.startup_time = time.time()
 
     def stop(self) -> None:
@@ -263,6 +272,10 @@ class SGLangDouble(_ThreadedApp):
             ("POST", "/update_weights_from_disk", self.update_weights_from_disk),
             ("POST", "/update_weight_version", self.update_weight_version),
             ("GET", "/get_weights_by_name", self.get_weights_by_name),
+            ("POST", "/release_memory_occupation", self.release_memory_occupation),
+            ("GET", "/release_memory_occupation", self.release_memory_occupation),
+            ("POST", "/resume_memory_occupation", self.resume_memory_occupation),
+            ("GET", "/resume_memory_occupation", self.resume_memory_occupation),
             ("POST", "/get_weights_by_name", self.get_weights_by_name),
             ("GET", "/_double/calls", self.double_calls),
             ("POST", "/_double/flush_busy", self.double_flush_busy),
@@ -310,6 +323,10 @@ class SGLangDouble(_ThreadedApp):
     # ------------------------------------------------------------------ generate
     async def generate(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.enable_memory_saver and self.released & {"weights", "kv_cache"}:
+            # SGLang would run on freed memory; the double refuses loudly instead
+            return web.json_response({"error": {"message": f"TEST DOUBLE: /generate while memory is released "
+                                                           f"({sorted(self.released)})"}}, status=400)
         try:
             req = self._parse_generate(body)
         except _BadRequest as exc:
@@ -570,8 +587,37 @@ class SGLangDouble(_ThreadedApp):
         await asyncio.to_thread(torch.distributed.destroy_process_group, self.groups.pop(name))
         return web.json_response({"success": True, "message": "Succeeded to destroy custom process group."})
 
+    # ------------------------------------------------------------------ memory (colocated training)
+    async def release_memory_occupation(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request, "release_memory_occupation", ())
+        if not self._is_fully_idle() or self.session_open:
+            return web.json_response({"error": {"message": "release_memory_occupation should be called only when "
+                                                           "server is idle."}}, status=400)
+        tags = body.get("tags") or list(MEMORY_TAGS)
+        if self.enable_memory_saver:
+            self.released |= set(tags)
+        return web.json_response(None)
+
+    async def resume_memory_occupation(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request, "resume_memory_occupation", ())
+        tags = body.get("tags") or list(MEMORY_TAGS)
+        if self.enable_memory_saver:
+            missing = [t for t in tags if t not in self.released]
+            if missing:   # SGLang: offload_tags.remove(tag) raises KeyError
+                return web.json_response({"error": {"message": f"{missing[0]!r}"}}, status=400)
+            self.released -= set(tags)
+        return web.json_response(None)
+
+    def _weights_released(self) -> Optional[web.Response]:
+        if self.enable_memory_saver and "weights" in self.released:
+            return web.json_response({"success": False, "message": "TEST DOUBLE: weight update while the weights' "
+                                      "memory is released (resume_memory_occupation first)"}, status=400)
+        return None
+
     async def begin_weight_update(self, request: web.Request) -> web.Response:
         await self._control_body(request, "begin_weight_update", ())
+        if (refused := self._weights_released()) is not None:
+            return refused
         if self.session_open:
             return web.json_response({"success": False, "message": "a weight-update session is already open; "
                                       "call end_weight_update() first"}, status=400)
@@ -631,6 +677,8 @@ class SGLangDouble(_ThreadedApp):
 
     async def update_weights_from_disk(self, request: web.Request) -> web.Response:
         body = await self._control_body(request, "update_weights_from_disk", ("model_path",))
+        if (refused := self._weights_released()) is not None:
+            return refused
         if body.get("abort_all_requests"):
             self._abort_all("Aborted")
             await self._notify()
@@ -811,6 +859,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--disable-radix-cache", action="store_true")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--load-format", default="auto")
+    p.add_argument("--enable-memory-saver", action="store_true")
     p.add_argument("--double-sglang-version", default=DOUBLE_SGLANG_VERSION, help="test double: version to report")
     p.add_argument("--double-token-delay-s", type=float, default=0.0, help="test double: sleep per sampled token")
     return p.parse_args(argv)
@@ -824,7 +873,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     double = SGLangDouble(args.model_path, host=args.host, port=args.port, weight_version=args.weight_version,
                           sglang_version=args.double_sglang_version, tp_size=args.tp_size, seed=args.random_seed,
                           token_delay_s=args.double_token_delay_s, skip_tokenizer_init=args.skip_tokenizer_init,
-                          server_args=extra)
+                          server_args=extra, enable_memory_saver=args.enable_memory_saver)
     asyncio.run(double.serve_forever())
 
 

@@ -84,7 +84,9 @@ WEIGHT_SYNC_MODES = ("distributed", "tensor", "disk")
 PAUSE_MODES = ("retract", "abort")
 # flags the engine sets itself from typed config fields
 RESERVED_SERVER_FLAGS = {"model-path": "model_path", "model": "model_path", "host": "host", "port": "ports",
-                         "tp-size": "tp_size", "tensor-parallel-size": "tp_size", "weight-version": "initial_version"}
+                         "tp-size": "tp_size", "tensor-parallel-size": "tp_size", "weight-version": "initial_version",
+                         "enable-memory-saver": "memory_saver"}
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")   # python/sglang/srt/constants.py: GPU_MEMORY_ALL_TYPES
 RESERVED_ROUTER_FLAGS = {"worker-urls": "urls", "host": "host", "port": "router_port"}
 
 T = TypeVar("T")
@@ -133,6 +135,8 @@ class SGLangConfig:
     router_args: Dict[str, Any] = field(default_factory=dict)
     router_command: List[str] = field(
         default_factory=lambda: [sys.executable, "-m", "sglang_router.launch_router"])
+    memory_saver: bool = False             # --enable-memory-saver: release_memory/resume_memory free GPU memory
+    #                                        (colocated training: cluster.offload_between_phases sets it)
     max_concurrency: int = 256             # /generate requests in flight per server
     ignore_eos: bool = True                # True: only SamplingParams.stop_token_ids end a turn
     initial_version: int = 0               # --weight-version of launched servers
@@ -207,7 +211,8 @@ def flag_args(args: Mapping[str, Any]) -> list[str]:
 
 def server_command(cfg: SGLangConfig, port: int) -> list[str]:
     return [*cfg.launch_command, "--model-path", cfg.model_path, "--host", cfg.host, "--port", str(port),
-            "--tp-size", str(cfg.tp_size), "--weight-version", str(cfg.initial_version), *flag_args(cfg.server_args)]
+            "--tp-size", str(cfg.tp_size), "--weight-version", str(cfg.initial_version),
+            *(["--enable-memory-saver"] if cfg.memory_saver else []), *flag_args(cfg.server_args)]
 
 
 def router_command(cfg: SGLangConfig, worker_urls: Sequence[str], port: int) -> list[str]:
@@ -358,6 +363,7 @@ class SGLangEngine:
         self._group_thread: Optional[asyncio.Future] = None   # the last broadcast into the group
         self._log_dir = Path(cfg.log_dir) if cfg.log_dir else None
         self._gpu_ids: Optional[List[List[int]]] = None
+        self.released: set[str] = set()          # memory tags the servers gave back (release_memory)
 
     # ------------------------------------------------------------------ start / stop
     async def start(self, gpu_ids: Optional[List[List[int]]] = None) -> None:
@@ -471,6 +477,8 @@ class SGLangEngine:
         server.process.start()
         await self._await_ready(server)
         await self._drop_group()  # the group lost a member: rebuilt at the next push
+        if self.released:         # it started with all its memory: keep it in step with the others
+            await self._control(server, "/release_memory_occupation", {"tags": sorted(self.released)})
 
     async def close(self) -> None:
         """Leave the weight group, stop launched processes and close the HTTP session."""
@@ -536,6 +544,9 @@ class SGLangEngine:
         `stop` adds stop strings (checked on the detokenised text by the server)."""
         if not self.servers:
             raise SGLangError("the sglang engine is not started (await engine.start())")
+        if self.released:
+            raise SGLangError(f"the sglang servers' GPU memory is released ({sorted(self.released)}): "
+                              f"resume_memory() (or update_weights, which resumes it) before generating")
         rid = rid or uuid.uuid4().hex
         payload = {"rid": rid, "input_ids": list(prompt_ids), "return_logprob": True, "stream": False,
                    "sampling_params": sampling_payload(params, self.cfg.ignore_eos, stop)}
@@ -573,14 +584,42 @@ class SGLangEngine:
         """The oldest weight version any server serves (a restarted server is back at its launch version)."""
         return min(s.version for s in self.servers)
 
+    # ------------------------------------------------------------------ memory (colocated training)
+    async def release_memory(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Give the servers' GPU memory back while the learner trains on the same GPUs
+        (``/release_memory_occupation``; `tags` of :data:`MEMORY_TAGS`, default all). Only between
+        rollouts: requests in flight are refused. Frees memory only with ``memory_saver``."""
+        tags = list(tags or MEMORY_TAGS)
+        unknown = [t for t in tags if t not in MEMORY_TAGS]
+        if unknown:
+            raise ValueError(f"release_memory: unknown memory tag(s) {unknown}; SGLang's are {list(MEMORY_TAGS)}")
+        if self._inflight:
+            raise SGLangError(f"release_memory with {len(self._inflight)} request(s) in flight: SGLang releases "
+                              f"memory only when idle (finish or abort them first)")
+        tags = [t for t in tags if t not in self.released]
+        if tags:
+            await self._on_all(lambda s: self._control(s, "/release_memory_occupation", {"tags": tags}))
+            self.released |= set(tags)
+
+    async def resume_memory(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Take the released memory back (``/resume_memory_occupation``), `tags` default all released.
+        The weights are as they were released (or as the next push makes them)."""
+        tags = [t for t in (tags or MEMORY_TAGS) if t in self.released]
+        if tags:
+            await self._on_all(lambda s: self._control(s, "/resume_memory_occupation", {"tags": tags}))
+            self.released -= set(tags)
+
     # ------------------------------------------------------------------ weight push
     async def update_weights(self, state: dict, version: int) -> None:
-        """Push `state` to every server under `version` (pause -> flush -> buckets -> continue)."""
+        """Push `state` to every server under `version` (pause -> flush -> buckets -> continue). Servers
+        whose memory is released take their weights' memory back first and the rest (KV cache) after
+        the push, so the push never needs both at once (slime's order)."""
         if not self.servers:
             raise SGLangError("the sglang engine is not started (await engine.start())")
         if not state:
             raise ValueError(f"weight push of version {version}: the state dict is empty")
         async with self._push_lock:
+            await self.resume_memory(["weights"])
             try:
                 if self.cfg.weight_sync == "distributed":
                     await self._ensure_group()   # once (again after a restart); needs no pause
@@ -607,6 +646,7 @@ class SGLangEngine:
                                       f"be partly updated); a successful update_weights resumes them.") from exc
             for s in self.servers:
                 s.version = version
+            await self.resume_memory()
 
     async def _flush(self, server: _Server) -> None:
         """``/flush_cache`` until it answers 200 (it refuses while requests run)."""

@@ -80,3 +80,13 @@ def test_deepspeed_presets_and_offload_checks():
     assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload_optimizer, cfg.deepspeed.offload_params) == (3, True, True)
     with pytest.raises(Exception, match="offload_params needs deepspeed.zero_stage = 3"):
         to_train_config(composed("deepspeed=zero3_offload", "deepspeed.zero_stage=2"))
+
+
+def test_offload_between_phases_needs_shared_gpus_taking_turns():
+    cfg = to_train_config(composed("cluster.offload_between_phases=true", "deepspeed.zero_stage=1"))
+    assert cfg.cluster.offload_between_phases and cfg.cluster.placement == "colocated"
+    for bad, named in ((["orchestrator=async"], "orchestrator=sync"),
+                       (["cluster.placement=disaggregated"], "placement=colocated"),
+                       (["deepspeed.zero_stage=0"], "zero_stage >= 1")):
+        with pytest.raises(ValueError, match=named):
+            to_train_config(composed("cluster.offload_between_phases=true", "deepspeed.zero_stage=1", *bad))

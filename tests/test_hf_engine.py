@@ -76,5 +76,23 @@ def test_engine_actor_batches_and_updates_weights(model_dir):
         bad = {"nonexistent.weight": torch.zeros(1)}
         with pytest.raises(ray.exceptions.RayTaskError, match="does not match"):
             ray.get(engine.update_weights.remote(bad, 8))
+        # colocated training: released between rollouts, refused to generate, back with the next push
+        ray.get(engine.release_memory.remote())
+        with pytest.raises(ray.exceptions.RayTaskError, match="released"):
+            ray.get(engine.generate.remote([3, 4, 5], params))
+        ray.get(engine.update_weights.remote(model.state_dict(), 9))
+        assert ray.get(engine.generate.remote([3, 4, 5], params)).weight_versions == [9] * 4
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_release_memory_gives_the_gpu_back_and_resume_restores_the_model(model_dir):
+    gen = HFGenerator(model_dir, pad_token_id=0, seed=3, num_threads=1, device="cuda")
+    params = SamplingParams(temperature=1e-4, max_new_tokens=6)
+    before = gen.generate([[3, 4, 5]], params)[0].token_ids
+    held = torch.cuda.memory_allocated()
+    gen.release_memory()
+    assert torch.cuda.memory_allocated() < held
+    gen.resume_memory()
+    assert gen.generate([[3, 4, 5]], params)[0].token_ids == before

@@ -94,6 +94,30 @@ def test_packed_sequences_give_the_padded_step(model_dir, zero_stage):
     assert torch.allclose(v0[mask], v1[mask], atol=1e-4)
 
 
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_offloading_between_phases_changes_nothing_the_learner_computes(model_dir, zero_stage):
+    """Colocated training moves the learner's states off the device between its turns: two steps with
+    an offload before each give the weights of two plain steps (the second step onloads by itself)."""
+    batch = collate(make_trajectories(8, 17), pad_token_id=0)
+    algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, critic_lr=1e-2, micro_batch_tokens=64)
+    ds = DeepSpeedConfig(zero_stage=zero_stage)
+    after = {}
+    for offload in (False, True):
+        learner = PPOLearner(PolicyLearner(model_dir, algo.policy_lr, algo, ds, temperature=1.0),
+                             CriticLearner(model_dir, algo, ds), algo)
+        batch.behavior_logprobs = learner.policy.logprobs(batch) * batch.action_mask
+        for _ in range(2):
+            if offload:
+                learner.offload()
+                assert learner.offloaded
+            learner.train_step(batch)
+            assert not learner.offloaded
+        after[offload] = learner.policy.state_dict()
+    assert all(torch.allclose(after[False][k], after[True][k]) for k in after[False])
+    with pytest.raises(ValueError, match="zero_stage >= 1"):
+        PolicyLearner(model_dir, 1e-3, algo, DeepSpeedConfig(zero_stage=0), temperature=1.0).offload()
+
+
 def test_advantages_zero_outside_actions_and_returns_equal_reward(model_dir):
     batch = collate(make_trajectories(6, 2), pad_token_id=0)
     values = torch.randn_like(batch.action_mask) * batch.action_mask

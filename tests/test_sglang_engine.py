@@ -18,6 +18,7 @@ from rollout.sglang_double import RouterDouble, SGLangDouble
 from rollout.sglang_engine import (
     SGLangConfig,
     SGLangEngine,
+    SGLangError,
     SGLangRequestError,
     SGLangUnreachableError,
     SGLangVersionError,
@@ -364,6 +365,51 @@ def test_router_carries_generation_and_control_goes_to_each_server(model_dir):
             w.stop()
 
 
+def test_colocated_memory_release_and_the_push_that_resumes_it(model_dir):
+    """Colocated training: the servers give their memory back between rollouts
+    (/release_memory_occupation, idle only); generating on released memory is refused; a push takes
+    the weights' memory back first, loads, and only then the KV cache (slime's order)."""
+    double = SGLangDouble(model_dir, weight_version="0", enable_memory_saver=True, token_delay_s=0.02)
+    double.start()
+    state = learner_state(model_dir, 7)
+
+    async def go():
+        engine = await started(SGLangConfig(urls=[double.url], weight_sync="tensor", memory_saver=True))
+        try:
+            busy = asyncio.create_task(engine.generate([1, 2], SamplingParams(max_new_tokens=40)))
+            await until(tokens_out(double, 1))
+            with pytest.raises(SGLangError, match="in flight"):
+                await engine.release_memory()
+            async with engine._http().post(double.url + "/release_memory_occupation", json={}) as resp:
+                assert resp.status == 400 and "idle" in await resp.text()   # the server refuses too
+            await busy
+            await engine.release_memory()
+            assert double.released == {"weights", "kv_cache", "cuda_graph"}
+            with pytest.raises(SGLangError, match="released"):
+                await engine.generate([1, 2], SamplingParams(max_new_tokens=3))
+            double.calls.clear()
+            await engine.update_weights(state, 3)
+            assert double.released == set() and engine.released == set()
+            out = await engine.generate([1, 2, 3], SamplingParams(max_new_tokens=4))
+            assert out.weight_versions == [3] * 4
+            await engine.release_memory(["kv_cache"])
+            await engine.resume_memory()
+            assert double.released == set()
+        finally:
+            await engine.close()
+    try:
+        run(go())
+        _assert_weights_equal(double, state)
+    finally:
+        double.stop()
+    push = double.calls[:double.calls.index("continue_generation") + 2]
+    assert push == ["resume_memory_occupation", "pause_generation", "flush_cache", "begin_weight_update",
+                    "update_weights_from_tensor", "end_weight_update", "continue_generation",
+                    "resume_memory_occupation"]
+    resumes = [b["tags"] for name, b in double.call_bodies if name == "resume_memory_occupation"]
+    assert resumes[0] == ["weights"] and sorted(resumes[1]) == ["cuda_graph", "kv_cache"]
+
+
 def test_launch_commands():
     cfg = SGLangConfig(model_path="/ckpt", tp_size=2, initial_version=4, launch_command=["sglang-x"],
                        server_args={"mem_fraction_static": 0.7, "--enable-metrics": True, "disable-cuda-graph": False,
@@ -376,6 +422,10 @@ def test_launch_commands():
         "router-x", "--worker-urls", "http://a:1", "http://b:2", "--host", "127.0.0.1", "--port", "32000",
         "--policy", "cache_aware"]
     assert flag_args({"x_y": 1}) == ["--x-y", "1"]
+    saver = SGLangConfig(model_path="/ckpt", launch_command=["sglang-x"], memory_saver=True)
+    assert "--enable-memory-saver" in server_command(saver, 31000)
+    with pytest.raises(ValueError, match="memory_saver"):
+        SGLangConfig(server_args={"enable_memory_saver": True})
 
 
 # ---------------------------------------------------------------------------------------------- errors
