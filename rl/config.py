@@ -105,6 +105,8 @@ class AlgoConfig:
     grad_clip: float = 1.0
     micro_batch_tokens: int = 8192
     pack_sequences: bool = False                # micro-batches as one packed row each (no padding computed)
+    attn_implementation: Optional[str] = None   # learner models: None (transformers' default, sdpa) | eager | sdpa |
+    #                                             flash_attention_2 (variable-length packed rows on GPUs) | ...
     policy_loss: str = "dis"                    # dis (one step against the behaviour policy) | ppo_clip
     clip_low: float = 0.2                       # ppo_clip: r_t = pi/pi_old clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28
@@ -246,6 +248,7 @@ CHOICES = {
     "model.arch": ("qwen2", "llama"),
     "engine.type": ("hf", "sglang"),
     "engine.device": ("cpu", "cuda"),
+    "algo.attn_implementation": (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
     "engine.dtype": ("float32", "bfloat16", "float16"),
     "env.backend": ("local", "docker"),
     "algo.gae_mode": ("crl", "boot"),

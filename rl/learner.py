@@ -144,6 +144,11 @@ def idle_pass(engine, batch: SampleBatch) -> torch.Tensor:
     return out.float().sum() * 0.0
 
 
+def attention_kwargs(attn_implementation: str | None) -> dict:
+    """``from_pretrained`` keywords for ``algo.attn_implementation`` (None: transformers' default, SDPA)."""
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+
+
 def model_logits(model, mb: SampleBatch, packed: bool) -> torch.Tensor:
     """The model's output (logits) at every position of micro-batch `mb`, [rows, T, ...]: run padded
     with the attention mask, or packed into one row (:func:`rl.batch.pack`) and unpacked."""
@@ -200,10 +205,11 @@ class ReferencePolicy:
     """A frozen copy of the policy RL started from, for the KL penalty (``algo.kl_coef``)."""
 
     def __init__(self, model_path: Path, temperature: float, device: torch.device | str = "cpu",
-                 packed: bool = False) -> None:
+                 packed: bool = False, attn_implementation: str | None = None) -> None:
         self.path = Path(model_path)
         self.packed = packed
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32,
+                                                          **attention_kwargs(attn_implementation))
         self.model.to(device).eval().requires_grad_(False)
         self.temperature = temperature
 
@@ -217,11 +223,13 @@ class PolicyLearner:
                  warmup_steps: int = 0, reference: Path | None = None) -> None:
         """`reference`: the policy RL started from (default `model_path`), used when ``algo.kl_coef`` > 0;
         a resumed run passes the original one."""
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32,
+                                                     **attention_kwargs(algo.attn_implementation))
         self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
         self.algo = algo
         self.temperature = temperature
-        self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device, algo.pack_sequences)
+        self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device, algo.pack_sequences,
+                                          algo.attn_implementation)
                           if algo.kl_coef > 0 else None)
 
     def offload(self) -> None:
@@ -317,7 +325,8 @@ class CriticLearner:
 
     def __init__(self, model_path: Path, algo: AlgoConfig, ds: DeepSpeedConfig) -> None:
         model, info = AutoModelForTokenClassification.from_pretrained(
-            str(model_path), num_labels=1, local_files_only=True, dtype=torch.float32, output_loading_info=True)
+            str(model_path), num_labels=1, local_files_only=True, dtype=torch.float32, output_loading_info=True,
+            **attention_kwargs(algo.attn_implementation))
         zero_new_value_head(model, set(info["missing_keys"]))
         self.engine = deepspeed_engine(model, algo.critic_lr, algo.weight_decay, algo.grad_clip, ds)
         self.algo = algo
