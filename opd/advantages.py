@@ -53,6 +53,21 @@ def recovery(before: float, after: float, expert: float) -> float:
     return (after - before) / gain if gain > 0 else float("nan")
 
 
+def teacher_top_k(scored: list[Scored], width: int, k: int) -> tuple[Tensor, Tensor]:
+    """The teachers' top-k ids and log-probs as ``[B, width, k]`` (rows as :func:`teacher_tensor`;
+    padding: id 0, log-prob 0, masked out by the action mask)."""
+    ids = [x for s in scored for x in s.teacher_top_ids]
+    lps = [x for s in scored for x in s.teacher_top_logprobs]
+    if len(ids) != sum(len(s.teacher_logprobs) for s in scored) or any(len(r) and len(r[0]) != k for r in ids):
+        raise ValueError(f"the teachers' answers carry no top-{k} tokens for every segment (TeacherPool top_k?)")
+    out_ids = torch.zeros((len(ids), width, k), dtype=torch.long)
+    out_lps = torch.zeros((len(ids), width, k))
+    for i, (row_ids, row_lps) in enumerate(zip(ids, lps)):
+        out_ids[i, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
+        out_lps[i, : len(row_lps)] = torch.tensor(row_lps, dtype=torch.float)
+    return out_ids, out_lps
+
+
 def teacher_tensor(scored: list[Scored], width: int) -> Tensor:
     """The teachers' log-probs as ``[B, width]``, rows in :func:`rl.batch.collate`'s order
     (every segment of every trajectory, in order), right-padded with 0."""

@@ -56,6 +56,8 @@ class OPDConfig:
     student_init: str = "base"       # "base" or the name of an expert
     kl_coef: float = 1.0             # λ_opd
     task_coef: float = 0.0           # weight of the task advantage R − mean(R) (0 = pure distillation)
+    forward_kl_coef: float = 0.0     # + coef · forward KL to the expert's top-k on the student's states (GKD β=0)
+    forward_kl_top_k: int = 8        # tokens per position the experts return for it
     teacher_threads: int = 1         # torch threads of each teacher engine actor
     eval_samples_per_task: int = 4   # held-out episodes per task for before / after / expert
     eval_max_tasks: int = 0          # held-out tasks per domain (the first N; 0 = all)
@@ -129,6 +131,9 @@ def check_opd(opd: OPDConfig) -> None:
         raise ValueError(f"opd.eval_max_tasks must be >= 0 (got {opd.eval_max_tasks})")
     if opd.eval_samples_per_task < 1:
         raise ValueError(f"opd.eval_samples_per_task must be >= 1 (got {opd.eval_samples_per_task})")
+    if opd.forward_kl_coef < 0 or (opd.forward_kl_coef and opd.forward_kl_top_k < 1):
+        raise ValueError(f"opd.forward_kl_coef must be >= 0 and, when set, opd.forward_kl_top_k >= 1 (got "
+                         f"{opd.forward_kl_coef}, {opd.forward_kl_top_k})")
 
 
 def to_distill_config(cfg: DictConfig) -> DistillConfig:

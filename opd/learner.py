@@ -7,13 +7,14 @@ One step (ALGORITHMS.md §5 plugged into the §2.5 surrogate, group size 1, no c
     Â_t       =  task_coef·(R − R̄) + kl_coef·sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)]   on action tokens
     L_π       =  the policy loss of `rl.learner.PolicyLearner.ppo_step` (`algo.policy_loss`: DIS against the
                  engine's behaviour log-probs, or PPO-clip against π_old), token-mean, one optimiser step
+                 (+ forward_kl_coef · the forward KL to the expert's top-k on the same states, if set)
 """
 
 from __future__ import annotations
 
 import torch
 
-from opd.advantages import distillation_advantages, sampled_reverse_kl, task_advantage, teacher_tensor
+from opd.advantages import distillation_advantages, sampled_reverse_kl, task_advantage, teacher_tensor, teacher_top_k
 from opd.config import OPDConfig
 from opd.teacher import Scored
 from rl.batch import collate, trainable
@@ -34,6 +35,8 @@ class OPDLearner:
         teacher = teacher_tensor(scored, batch.input_ids.shape[1]) * batch.action_mask
         task_adv = (task_advantage(batch.rewards, batch.rollout_index, batch.action_mask)
                     if self.opd.task_coef else None)
+        top_k = ((*teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k), self.opd.forward_kl_coef)
+                 if self.opd.forward_kl_coef else None)
         learner_metrics: dict[str, float] = {}
         for update in range(self.policy.algo.policy_updates):
             student = self.policy.logprobs(batch) * batch.action_mask
@@ -41,7 +44,7 @@ class OPDLearner:
                 old, row_kl = student, sampled_reverse_kl(teacher, student, batch.action_mask)
             adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
                                           task_adv)
-            learner_metrics = self.policy.ppo_step(batch, adv, old_logprobs=old)
+            learner_metrics = self.policy.ppo_step(batch, adv, old_logprobs=old, teacher_top_k=top_k)
         row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
         metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
                    "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),

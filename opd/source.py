@@ -89,7 +89,7 @@ class ScoredRolloutSource:
             done, _ = ray.wait(list(self.scoring), num_returns=len(self.scoring), timeout=0)
             for ref in sorted(done, key=list(self.scoring).index):   # oldest submission first
                 _, traj, domain, expert = self.scoring.pop(ref)
-                self.ready.append(Scored(traj, domain, expert, ray.get(ref)))
+                self.ready.append(Scored.of(traj, domain, expert, ray.get(ref)))
 
     def next_batch(self, n: int, learner_version: int) -> tuple[list[Scored], dict[str, float]]:
         """The first n finished and scored trajectories fresh enough for `learner_version`."""

@@ -117,6 +117,14 @@ class Scored:
     domain: str
     expert: str
     teacher_logprobs: list[list[float]] = field(repr=False, default_factory=list)
+    teacher_top_ids: list[list[list[int]]] = field(repr=False, default_factory=list)      # per segment [L][k]
+    teacher_top_logprobs: list[list[list[float]]] = field(repr=False, default_factory=list)
+
+    @classmethod
+    def of(cls, trajectory: Trajectory, domain: str, expert: str, per_segment: list[tuple]) -> "Scored":
+        """From the teacher engine's ``score_top_k`` answer (one tuple per segment)."""
+        return cls(trajectory, domain, expert, [own for own, _, _ in per_segment],
+                   [ids for _, ids, _ in per_segment], [lps for _, _, lps in per_segment])
 
 
 class TeacherPool:
@@ -124,8 +132,10 @@ class TeacherPool:
     returns at once with a Ray reference to the log-probs, so scoring runs while students generate."""
 
     def __init__(self, experts: list[ExpertConfig], router: Router, pad_token_id: int, temperature: float,
-                 seed: int, threads: int, max_batch: int, batch_wait_s: float) -> None:
-        self.router, self.temperature = router, temperature
+                 seed: int, threads: int, max_batch: int, batch_wait_s: float, top_k: int = 0) -> None:
+        """`top_k` > 0: the experts also return their `top_k` most likely tokens at every position
+        (for ``opd.forward_kl_coef``)."""
+        self.router, self.temperature, self.top_k = router, temperature, top_k
         self.paths = {e.name: e.checkpoint for e in experts}
         self.actors = {
             e.name: ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
@@ -135,17 +145,19 @@ class TeacherPool:
         ray.get([a.weight_version.remote() for a in self.actors.values()])  # surface load errors here, naming the path
 
     def submit(self, task: Task, trajectory: Trajectory) -> tuple[str, str, ray.ObjectRef]:
-        """(domain, expert, ref to the per-segment log-probs) for one trajectory of `task`."""
+        """(domain, expert, ref to the per-segment scores) for one trajectory of `task`: the expert's
+        log-probs of the student's own tokens (and its top-k per position), for :meth:`Scored.of`."""
         domain = self.router.domain(task)
         expert = self.router.expert(task)
-        ref = self.actors[expert].score.remote([seg.tokens for seg in trajectory.segments], self.temperature)
+        ref = self.actors[expert].score_top_k.remote([seg.tokens for seg in trajectory.segments], self.temperature,
+                                                     self.top_k)
         return domain, expert, ref
 
     def score(self, tasks: list[Task], trajectories: list[Trajectory]) -> list[Scored]:
         """Score a list of trajectories (each by its own domain's expert) and wait for all of them."""
         pending = [(traj, *self.submit(task, traj)) for task, traj in zip(tasks, trajectories)]
-        return [Scored(traj, domain, expert, logps)
-                for (traj, domain, expert, _), logps in zip(pending, ray.get([ref for *_, ref in pending]))]
+        return [Scored.of(traj, domain, expert, result)
+                for (traj, domain, expert, _), result in zip(pending, ray.get([ref for *_, ref in pending]))]
 
     def engine(self, expert: str):
         """The engine actor of `expert` (it can also generate: the driver evaluates experts with it)."""

@@ -26,7 +26,7 @@ from critic.losses import clipped_value_loss, explained_variance
 from rl.batch import SampleBatch, micro_batches, pack, packed_micro_batches, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.losses import (dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss,
-                       reference_kl_loss)
+                       reference_kl_loss, teacher_topk_forward_kl_loss)
 
 
 def init_distributed(cfg: DeepSpeedConfig, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
@@ -266,13 +266,16 @@ class PolicyLearner:
         """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""
         return per_token(self.engine, batch, self.algo, lambda mb: self.forward(mb)[0])
 
-    def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None) -> dict:
+    def ppo_step(self, batch: SampleBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None,
+                 teacher_top_k: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> dict:
         """One policy-gradient step over the whole batch: the DIS loss against the behaviour
         log-probs (ALGORITHMS.md §2.5), or with ``algo.policy_loss = ppo_clip`` PPO's clipped
-        surrogate against `old_logprobs` (π_old: the weights before this batch's first update)."""
+        surrogate against `old_logprobs` (π_old: the weights before this batch's first update).
+        `teacher_top_k` = (top ids, top log-probs ``[B, T, k]``, coef) adds the forward KL to a
+        teacher on the batch's states (:func:`rl.losses.teacher_topk_forward_kl_loss`, OPD)."""
         n = global_action_tokens(batch)
         sums = {"masked_fraction": 0.0, "mismatch_kl": 0.0, "ratio_mean": 0.0, "entropy": 0.0, "loss": 0.0,
-                "clipfrac": 0.0, "kl_ref": 0.0}
+                "clipfrac": 0.0, "kl_ref": 0.0, "forward_kl": 0.0}
         if self.algo.policy_loss == "ppo_clip" and old_logprobs is None:
             raise ValueError("algo.policy_loss = ppo_clip needs the batch's log-probs under pi_old")
 
@@ -295,8 +298,14 @@ class PolicyLearner:
                 kl_loss, st["kl_ref"] = reference_kl_loss(logp, self.reference.logprobs(mb), mb.action_mask,
                                                           self.algo.kl_coef, num_tokens=n)
                 loss = loss + kl_loss
+            if teacher_top_k is not None:
+                top_ids, top_lps, coef = teacher_top_k
+                fkl, st["forward_kl"] = teacher_topk_forward_kl_loss(
+                    logits, top_ids[rows][:, :t].to(logits.device), top_lps[rows][:, :t].to(logits.device),
+                    mb.action_mask, self.temperature, coef, num_tokens=n)
+                loss = loss + fkl
             w = mb.num_action_tokens / n
-            for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac", "kl_ref"):
+            for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac", "kl_ref", "forward_kl"):
                 sums[k] += st.get(k, 0.0) * w
             with torch.no_grad():
                 ent = entropy_from_logits(logits[:, :-1].float() / self.temperature)

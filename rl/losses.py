@@ -154,6 +154,29 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
+def teacher_topk_forward_kl_loss(logits: Tensor, top_ids: Tensor, top_logprobs: Tensor, action_mask: Tensor,
+                                 temperature: float, coef: float, num_tokens: float) -> tuple[Tensor, float]:
+    """Forward KL to the teacher on the student's own states, over the teacher's top k (GKD, Agarwal
+    et al. 2024, with β = 0), token sum / N:
+
+        p̃_T(v|h_t) = softmax over the teacher's top-k log-probs at position t (renormalised)
+        L_FKL = coef · (1/N) Σ_t Σ_{v ∈ top-k_T(h_t)} p̃_T(v|h_t) · (log p̃_T(v|h_t) − log π_θ(v|h_t))
+
+    with log π_θ(v|h_t) = log_softmax(z_{t−1} / T)[v] (position t's token is predicted at t − 1).
+    Unlike the sampled reverse KL its gradient does not vanish where the student is confidently
+    wrong (π_θ(a_t) ≈ 1): it raises the teacher's tokens directly. `top_ids`/`top_logprobs` are
+    ``[B, T, k]`` aligned with the tokens; returns the loss and the mean per-token value."""
+    if top_ids.shape != top_logprobs.shape or top_ids.shape[:2] != action_mask.shape or logits.shape[:2] != action_mask.shape:
+        raise ValueError(f"shapes differ: logits {tuple(logits.shape)}, top_ids {tuple(top_ids.shape)}, "
+                         f"top_logprobs {tuple(top_logprobs.shape)}, action_mask {tuple(action_mask.shape)}")
+    _check_num_tokens(num_tokens)
+    student = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1).gather(-1, top_ids[:, 1:])
+    teacher = torch.log_softmax(top_logprobs[:, 1:].float(), dim=-1)
+    per_token = (teacher.exp() * (teacher - student)).sum(-1)
+    per_token = torch.nn.functional.pad(per_token, (1, 0)) * action_mask.to(per_token.dtype)
+    return coef * per_token.sum() / num_tokens, _masked_mean(per_token.detach(), action_mask.to(per_token.dtype))
+
+
 def reverse_kl_advantage(teacher_logprobs: Tensor, student_logprobs: Tensor, action_mask: Tensor) -> Tensor:
     """OPD advantage Â_t = sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)] on action tokens, 0 elsewhere.
 

@@ -139,11 +139,18 @@ class HFGenerator:
         where z_{i-1} are the logits after x_0..x_{i-1} and T is `temperature` (the rollout
         temperature, so a teacher scores the distribution the student sampled from; no top-k/top-p).
         Sequences are right-padded in groups of at most `token_budget` tokens."""
+        return [own for own, _, _ in self.score_top_k(sequences, temperature, 0, token_budget)]
+
+    def score_top_k(self, sequences: list[list[int]], temperature: float, k: int,
+                    token_budget: int = 16384) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+        """:meth:`score`, plus at every position i >= 1 the `k` most likely tokens under
+        log softmax(z_{i-1} / T) and their log-probs (position 0: k zeros), per sequence
+        ``(own log-probs, top ids [L][k], top log-probs [L][k])``."""
         if temperature <= 0:
             raise ValueError(f"scoring temperature must be > 0 (got {temperature})")
         device = next(self.model.parameters()).device
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        out: list[list[float]] = [[] for _ in sequences]
+        out: list[tuple[list[float], list[list[int]], list[list[float]]]] = [([], [], []) for _ in sequences]
         start = 0
         while start < len(order):
             longest = max(1, len(sequences[order[start]]))
@@ -158,8 +165,17 @@ class HFGenerator:
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
             picked = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
+            top_lp, top_ids = logp.topk(k, dim=-1) if k else (None, None)
             for row, i in enumerate(group):
-                out[i] = [0.0] + picked[row, : max(0, len(sequences[i]) - 1)].tolist() if sequences[i] else []
+                n = len(sequences[i])
+                if not n:
+                    continue
+                own = [0.0] + picked[row, : n - 1].tolist()
+                if k:
+                    out[i] = (own, [[0] * k] + top_ids[row, : n - 1].cpu().tolist(),
+                              [[0.0] * k] + top_lp[row, : n - 1].cpu().tolist())
+                else:
+                    out[i] = (own, [], [])
         return out
 
 
@@ -260,3 +276,9 @@ class HFEngineActor:
         a running generation batch, like a weight update."""
         async with self.lock:
             return await asyncio.to_thread(self.gen.score, [list(s) for s in sequences], temperature)
+
+    async def score_top_k(self, sequences: list[list[int]], temperature: float, k: int) -> list[tuple]:
+        """:meth:`HFGenerator.score_top_k` (own log-probs plus the top `k` per position), like :meth:`score`."""
+        async with self.lock:
+            return await asyncio.to_thread(self.gen.score_top_k, [list(s) for s in sequences], temperature, k)
+

@@ -16,6 +16,7 @@ from rl.losses import (
     masked_whiten,
     ppo_clip_policy_loss,
     reverse_kl_advantage,
+    teacher_topk_forward_kl_loss,
 )
 
 
@@ -238,6 +239,28 @@ def test_reverse_kl_advantage():
     adv = reverse_kl_advantage(teacher, student, mask)
     assert_close(adv, [[0.5, -1.0, 0.0]])
     assert not adv.requires_grad
+
+
+def test_teacher_topk_forward_kl_by_hand_and_its_gradient_where_the_student_is_confidently_wrong():
+    # one sequence of 3 tokens, vocabulary 3; token 1 is an action, token 2 is not
+    logits = t([[[8.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], grad=True)   # position 0 predicts token 1
+    top_ids = torch.tensor([[[0, 0], [1, 2], [0, 1]]])
+    top_lps = t([[[0.0, 0.0], [math.log(0.6), math.log(0.2)], [0.0, 0.0]]])
+    mask = t([[0, 1, 0]])
+    loss, mean = teacher_topk_forward_kl_loss(logits, top_ids, top_lps, mask, temperature=1.0, coef=2.0,
+                                             num_tokens=4.0)
+    student = torch.log_softmax(logits.detach()[0, 0], -1)
+    p = torch.tensor([0.75, 0.25], dtype=torch.float64)          # 0.6 and 0.2 renormalised over the top 2
+    per_token = float((p * (p.log() - student[[1, 2]])).sum())
+    assert loss.item() == pytest.approx(2.0 * per_token / 4.0) and mean == pytest.approx(per_token)
+    loss.backward()
+    # the student puts ~0.9993 on token 0, which the teacher's top 2 lack: the loss lowers it and raises
+    # tokens 1 and 2 with gradients of order coef/N, where the sampled reverse KL's would be ~(1 - 0.9993)
+    grad = logits.grad[0, 0]
+    assert grad[0] > 0.4 and grad[1] < -0.3 and grad[2] < -0.1
+    assert torch.count_nonzero(logits.grad[0, 1:]) == 0          # position 1 predicts token 2: not an action
+    with pytest.raises(ValueError, match="shapes differ"):
+        teacher_topk_forward_kl_loss(logits, top_ids[:, :2], top_lps[:, :2], mask, 1.0, 1.0, 4.0)
 
 
 def test_reference_kl_loss_matches_the_hand_computed_k3_and_is_zero_at_the_reference():

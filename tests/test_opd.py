@@ -25,6 +25,7 @@ from opd.teacher import (CheckpointError, Router, Scored, TeacherPool, Tokenizer
 from rl.async_rollout import start_rollout_worker
 from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, RolloutConfig, SamplingConfig,
                        TrainConfig)
+from rl.batch import collate
 from rl.learner import PolicyLearner, init_distributed
 from rl.orchestrator import RolloutCluster
 from rollout.agent import AgentConfig
@@ -188,6 +189,21 @@ def test_teacher_scores_the_students_token_ids_unchanged(models, ray_session):
         # the temperature is the rollout's: at T = 1 the same ids score differently
         assert scored.teacher_logprobs[0] != pytest.approx(direct_logprobs(models[router.domain(task)], ids, 1.0),
                                                            abs=1e-3)
+        assert scored.teacher_top_ids == [[]]            # no top-k asked for: none carried
+    finally:
+        pool.shutdown()
+    # with top_k, the expert also names its k most likely tokens at every position (a plain forward's)
+    pool = TeacherPool(experts(models), router, tok.pad_token_id, temperature=0.7, seed=0, threads=1, max_batch=8,
+                       batch_wait_s=0.0, top_k=3)
+    try:
+        (scored,) = pool.score([task], [traj])
+        model = AutoModelForCausalLM.from_pretrained(str(models[router.domain(task)]), dtype=torch.float32)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float() / 0.7, -1)
+        top_lp, top_ids = logp.topk(3, dim=-1)
+        assert scored.teacher_top_ids[0][1:] == top_ids.tolist()
+        torch.testing.assert_close(torch.tensor(scored.teacher_top_logprobs[0][1:]), top_lp, atol=1e-5, rtol=0)
+        assert scored.teacher_logprobs[0] == pytest.approx(expected, abs=1e-5)
     finally:
         pool.shutdown()
 
@@ -266,3 +282,40 @@ def test_opd_steps_move_the_student_toward_the_teacher(models):
     assert abs(last["opd/reverse_kl/ops"]) < 0.5 * abs(first["opd/reverse_kl/ops"])
     width = max(len(t.segments[0].tokens) for t in trajs)
     assert teacher_tensor(scored, width).shape == (8, width)
+
+
+def test_forward_kl_term_raises_the_teachers_top_tokens(models):
+    """kl_coef = 0, forward_kl_coef = 1: the only signal is the expert's top-2 at the student's own
+    states (token 7, then 9); OPD steps make token 7 the student's most likely choice there."""
+    init_distributed(DeepSpeedConfig(master_port=29631))
+    tok = load_tokenizer(models["student"])
+    trajs, scored = [], []
+    for i, task in enumerate(TASKS[:6]):
+        seg = Segment(rollout_id=f"f{i}", index=0)
+        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
+        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:10]
+        seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
+        traj = Trajectory(rollout_id=f"f{i}", task_id=task.task_id, segments=[seg])
+        n = len(seg.tokens)
+        scored.append(Scored(traj, "ops", "ops_expert", [[0.0] * n], [[[7, 9]] * n], [[[-0.1, -2.4]] * n]))
+    algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, dis_low=0.0, dis_high=1e9)
+    policy = PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0)
+    learner = OPDLearner(policy, OPDConfig(domains=DOMAINS[:1], kl_coef=0.0, forward_kl_coef=1.0, forward_kl_top_k=2),
+                         tok.pad_token_id)
+    batch = collate([s.trajectory for s in scored], tok.pad_token_id)
+    act = batch.action_mask.bool()
+
+    def share_of_7():
+        with torch.no_grad():
+            logits = policy.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        p7 = torch.softmax(logits[:, :-1].float(), -1)[..., 7]
+        return float(p7[act[:, 1:]].mean())
+
+    start = share_of_7()
+    metrics = [learner.train_step(scored) for _ in range(15)]
+    assert metrics[-1]["policy/forward_kl"] < metrics[0]["policy/forward_kl"]
+    assert start < 0.2 and share_of_7() > 0.5
+    with pytest.raises(ValueError, match="top-2"):
+        OPDLearner(policy, OPDConfig(domains=DOMAINS[:1], forward_kl_coef=1.0, forward_kl_top_k=2),
+                   tok.pad_token_id).train_step([Scored(s.trajectory, "ops", "ops_expert", s.teacher_logprobs)
+                                                 for s in scored])
