@@ -92,9 +92,10 @@ def offload_states(engine) -> None:
                          "(ZeRO-0 has no states DeepSpeed can move)")
     if engine.zero_offload_param() is not None and engine.zero_offload_param().device != "none":
         return
-    fused = type(engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer).__name__
-    include = None if stage < 3 or fused == "FusedAdam" else [State.lp_params, State.lp_grads,
-                                                              State.contiguous_grad_buffer]
+    from deepspeed.ops.adam import FusedAdam
+
+    movable = stage < 3 or isinstance(engine.optimizer.optimizer, FusedAdam)   # ZeRO-3 wraps the client optimiser
+    include = None if movable else [State.lp_params, State.lp_grads, State.contiguous_grad_buffer]
     engine.offload_states(include=include, pin_memory=torch.cuda.is_available())
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

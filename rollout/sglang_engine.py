@@ -27,6 +27,12 @@ not the filtered distribution's (the ``hf`` engine returns the filtered one). At
 ``max_concurrency * num_engines`` in front of the router); without a router each request goes
 to the server with the fewest in flight.
 
+Colocated training (``memory_saver``: servers launched with ``--enable-memory-saver``):
+:meth:`SGLangEngine.release_memory` sends ``/release_memory_occupation {tags}`` (``weights``,
+``kv_cache``, ``cuda_graph``; only with no request in flight) after a rollout, and a push on
+released servers first ``/resume_memory_occupation {"tags": ["weights"]}``, loads, and resumes the
+rest only after ``/continue_generation``; generating while released is refused.
+
 Weight push (:meth:`SGLangEngine.update_weights`), on every server:
 ``/pause_generation {mode}`` -> ``/flush_cache`` (retried while it answers non-200, i.e. busy,
 until ``flush_timeout_s``) -> [``/begin_weight_update``] -> one call per bucket (see
