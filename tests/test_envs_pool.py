@@ -48,16 +48,19 @@ def pool():
         yield sandboxes
 
 
-def test_warm_sandboxes_are_handed_out_with_exactly_the_task_files(pool):
-    assert pool.wait_warm(20.0)
-    before = pool.stats()
-    assert (before.warm, before.live, before.in_use) == (2, 2, 0)
-    with pool.acquire({"calc.py": "x = 1\n", "pkg/mod.py": "y = 2\n"}) as sandbox:
-        assert pool.stats().created == before.created                 # no new sandbox: a warm one
-        listing = sandbox.exec("find . -type f | sort; cat calc.py").stdout
-        assert listing == "./calc.py\n./pkg/mod.py\nx = 1\n"
-        assert sandbox.read_file("pkg/mod.py") == "y = 2\n"
-        assert pool.stats().in_use == 1
+def test_warm_sandboxes_are_handed_out_with_exactly_the_task_files():
+    # max_live = warm: the refiller has no room to start another, so `created` shows whether acquire did
+    # (with room, the refiller may replace the handed-out sandbox at any moment)
+    with SandboxPool(PoolConfig(limits=LIMITS, warm=2, max_live=2, acquire_timeout_s=1.0)) as pool:
+        assert pool.wait_warm(20.0)
+        before = pool.stats()
+        assert (before.warm, before.live, before.in_use) == (2, 2, 0)
+        with pool.acquire({"calc.py": "x = 1\n", "pkg/mod.py": "y = 2\n"}) as sandbox:
+            assert pool.stats().created == before.created                 # no new sandbox: a warm one
+            listing = sandbox.exec("find . -type f | sort; cat calc.py").stdout
+            assert listing == "./calc.py\n./pkg/mod.py\nx = 1\n"
+            assert sandbox.read_file("pkg/mod.py") == "y = 2\n"
+            assert pool.stats().in_use == 1
 
 
 def test_recycling_leaves_nothing_of_the_previous_episode(pool):
