@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from antihack.guard import GuardConfig
-from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, EvalConfig, LoggingConfig,
+from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, EvalConfig, LoggingConfig, check_choices,
                        RolloutConfig, SamplingConfig, SuiteConfig, TrainConfig)
 from rollout.agent import AgentConfig
 from rollout.worker import EnvConfig
@@ -139,10 +139,7 @@ def check_opd(opd: OPDConfig) -> None:
 def to_distill_config(cfg: DictConfig) -> DistillConfig:
     """Turn the composed Hydra config into the typed dataclass and check choices and the OPD block."""
     typed: DistillConfig = OmegaConf.to_object(cfg)
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(typed), key)
-        if value not in allowed:
-            raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    check_choices(OmegaConf.structured(typed), CHOICES)
     check_opd(typed.opd)
     if typed.algo.policy_updates < 1:
         raise ValueError(f"algo.policy_updates must be >= 1 (got {typed.algo.policy_updates})")

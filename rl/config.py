@@ -269,12 +269,17 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Turn the composed Hydra config into the typed dataclass and check enumerated choices."""
     typed: TrainConfig = OmegaConf.to_object(cfg)
     structured = OmegaConf.structured(typed)
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(structured, key)
-        if value not in allowed:
-            raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
+    check_choices(structured, CHOICES)
     check_required(structured, typed.requires, typed.experiment)
     return typed
+
+
+def check_choices(cfg: DictConfig, choices: dict[str, tuple]) -> None:
+    """Each enumerated key of `cfg` holds one of its allowed values (the error names the key)."""
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"config key {key!r} = {value!r}; expected one of {allowed}")
 
 
 def check_required(cfg: DictConfig, keys: list[str], experiment: str) -> None:

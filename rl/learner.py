@@ -90,7 +90,7 @@ def offload_states(engine) -> None:
     if stage == 0:
         raise ValueError("offloading the learner between phases needs deepspeed.zero_stage >= 1 "
                          "(ZeRO-0 has no states DeepSpeed can move)")
-    if engine.zero_offload_param() is not None and engine.zero_offload_param().device != "none":
+    if _params_on_host(engine):
         return
     from deepspeed.ops.adam import FusedAdam
 
@@ -103,9 +103,14 @@ def offload_states(engine) -> None:
 
 def reload_states(engine) -> None:
     """Undo :func:`offload_states`: the training states back on the engine's device."""
-    if engine.zero_offload_param() is not None and engine.zero_offload_param().device != "none":
-        return
-    engine.reload_states()
+    if not _params_on_host(engine):
+        engine.reload_states()
+
+
+def _params_on_host(engine) -> bool:
+    """ZeRO-3 with ``offload_params``: the parameters live in host memory already (nothing to move)."""
+    offload = engine.zero_offload_param()
+    return offload is not None and offload.device != "none"
 
 
 def dp_world_size() -> int:

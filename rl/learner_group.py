@@ -27,13 +27,13 @@ from rl.batch import SampleBatch
 from rl.checkpoint import ResumeState, load_checkpoint, save_checkpoint
 from rl.config import AlgoConfig, DeepSpeedConfig, TrainConfig
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, free_port, init_distributed
-from rl.placement import Placement, on_bundle
+from rl.placement import Placement
 
 # metrics each rank reports as its share of a global sum (token-weighted with the global N, or counts);
 # the rest (gradient norms, equal on all ranks; explained variance of the shard) are averaged
 SUMMED_METRICS = frozenset({
     "policy/loss", "policy/entropy", "policy/masked_fraction", "policy/mismatch_kl", "policy/ratio_mean",
-    "policy/clipfrac", "policy/kl_ref", "critic/loss", "critic/clipfrac", "train/action_tokens", "train/samples",
+    "policy/clipfrac", "policy/kl_ref", "policy/forward_kl", "critic/loss", "critic/clipfrac", "train/action_tokens", "train/samples",
     "sft/nll"})
 
 
@@ -109,11 +109,11 @@ def shard_by_rollout(batch: SampleBatch, world_size: int) -> list[SampleBatch]:
         k = min(range(world_size), key=lambda i: loads[i])
         loads[k] += tokens[r]
         members[k].append(r)
-    shards = []
-    for rs in members:
-        rows = [i for i, r in enumerate(batch.rollout_index.tolist()) if r in set(rs)]
-        shards.append(batch.rows(rows))
-    return shards
+    rank_of = {r: k for k, rs in enumerate(members) for r in rs}
+    rows: list[list[int]] = [[] for _ in range(world_size)]
+    for i, r in enumerate(batch.rollout_index.tolist()):
+        rows[rank_of[r]].append(i)
+    return [batch.rows(idx) for idx in rows]
 
 
 def merge_metrics(per_rank: list[dict]) -> dict:
@@ -135,7 +135,7 @@ class LearnerGroup:
         if placement is not None and len(placement.plan.learner) != world_size:
             raise ValueError(f"the placement has {len(placement.plan.learner)} learner bundles for {world_size} ranks")
         master_addr = (ray.util.get_node_ip_address() if placement is None
-                       else _bundle_node_ip(placement.pg, placement.plan.learner[0]))
+                       else placement.bundle_node(placement.plan.learner[0]))
         port = free_port()
         actor = ray.remote(LearnerRank)
         self.ranks = []
@@ -208,12 +208,6 @@ class LocalLearner:
 
     def shutdown(self) -> None:
         pass
-
-
-def _bundle_node_ip(pg, bundle_index: int) -> str:
-    """The address of the node holding bundle `bundle_index` (rank 0's: the process group's master)."""
-    probe = ray.remote(lambda: ray.util.get_node_ip_address()).options(**on_bundle(pg, bundle_index, 0.01))
-    return ray.get(probe.remote())
 
 
 def build_learner(policy_path: Path, cfg: TrainConfig, reference: Path | None,

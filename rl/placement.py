@@ -121,10 +121,17 @@ class Placement:
     def release(self) -> None:
         remove_placement_group(self.pg)
 
+    def _probe(self, bundle_index: int) -> tuple[str, list]:
+        """(node address, GPU ids) as a probe task placed on the bundle sees them."""
+        return ray.get(ray.remote(_where_am_i).options(**on_bundle(self.pg, bundle_index, 0.01)).remote())
+
+    def bundle_node(self, bundle_index: int) -> str:
+        """The address of the node holding a bundle (the learner's rank 0: its process group's master)."""
+        return self._probe(bundle_index)[0]
+
     def bundle_gpu(self, bundle_index: int) -> tuple[str, int]:
-        """(node address, physical GPU id) of a bundle, asked of a probe task placed on it."""
-        probe = ray.remote(_where_am_i).options(**on_bundle(self.pg, bundle_index, 0.01))
-        node, gpus = ray.get(probe.remote())
+        """(node address, physical GPU id) of a bundle."""
+        node, gpus = self._probe(bundle_index)
         return node, int(gpus[0])
 
     def engine_gpu_ids(self) -> list[list[int]]:

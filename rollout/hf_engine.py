@@ -165,17 +165,14 @@ class HFGenerator:
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
             picked = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
-            top_lp, top_ids = logp.topk(k, dim=-1) if k else (None, None)
+            top_lp, top_ids = (t.cpu() for t in logp.topk(k, dim=-1)) if k else (None, None)
             for row, i in enumerate(group):
                 n = len(sequences[i])
-                if not n:
-                    continue
-                own = [0.0] + picked[row, : n - 1].tolist()
-                if k:
-                    out[i] = (own, [[0] * k] + top_ids[row, : n - 1].cpu().tolist(),
-                              [[0.0] * k] + top_lp[row, : n - 1].cpu().tolist())
-                else:
-                    out[i] = (own, [], [])
+                if n and k:
+                    out[i] = ([0.0] + picked[row, : n - 1].tolist(), [[0] * k] + top_ids[row, : n - 1].tolist(),
+                              [[0.0] * k] + top_lp[row, : n - 1].tolist())
+                elif n:
+                    out[i] = ([0.0] + picked[row, : n - 1].tolist(), [], [])
         return out
 
 
