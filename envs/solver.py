@@ -4,9 +4,20 @@ Every task of the built-in suite has exactly one buggy line, so its demonstratio
 the same three calls (see :func:`line_fix_solution`): read the file, replace the exact buggy
 line (indentation included) by the fixed line, submit. The suite generator stores it in
 ``Task.solution``; :func:`scripted_solution` hands it out and checks that it is well formed.
+
+:func:`perturbed_solution` is the same demonstration with a plausible wrong fix: the fixed line
+one edit away from right (an operator swapped for another of its kind, an integer literal off by
+one, a ``not`` dropped, ``and``/``or`` swapped). A warm start that mixes such demonstrations in
+imitates a noisy demonstrator (unfiltered traces of a weaker model): the policy learns where and
+how to edit, but not reliably which edit, and RL has to learn the rest from the reward.
 """
 
 from __future__ import annotations
+
+import io
+import keyword
+import random
+import tokenize
 
 from envs.tasks import Task, TaskError
 from envs.tools import ToolCall, check_arguments
@@ -32,3 +43,81 @@ def scripted_solution(task: Task) -> list[ToolCall]:
     if task.solution[-1].name != "submit":
         raise TaskError(f"task {task.task_id}: the reference solution must end with submit()")
     return list(task.solution)
+
+
+_OPERATOR_CLASSES: tuple[tuple[str, ...], ...] = (
+    ("+", "-", "*", "/", "//", "%", "**"),
+    ("<", "<=", ">", ">=", "==", "!="),
+    ("+=", "-=", "*=", "/="),
+    ("and", "or"),
+)
+
+
+def identifiers(source: str) -> list[str]:
+    """The distinct names (not keywords) in `source`, in order of first use; [] if it does not tokenise."""
+    try:
+        names = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                 if t.type == tokenize.NAME and not keyword.iskeyword(t.string)]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return []
+    return list(dict.fromkeys(names))
+
+
+def plausible_wrong_lines(line: str, names: tuple[str, ...] = ()) -> list[str]:
+    """Every line one edit away from `line` (sorted, unique, `line` itself excluded).
+
+    The edits: one operator replaced by another of its class (arithmetic, comparison, augmented
+    assignment, ``and``/``or``), one integer literal plus or minus one, one ``not`` removed, one
+    name replaced by another of `names` (e.g. the file's identifiers). Indentation is kept; a
+    line that does not tokenise as Python gives no edits."""
+    body = line.lstrip()
+    indent = line[: len(line) - len(body)]
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(body + "\n").readline)
+                  if t.type in (tokenize.OP, tokenize.NAME, tokenize.NUMBER)]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return []
+    out: set[str] = set()
+    for tok in tokens:
+        start, end = tok.start[1], tok.end[1]
+        replacements: list[str] = []
+        for operators in _OPERATOR_CLASSES:
+            if tok.string in operators:
+                replacements += [op for op in operators if op != tok.string]
+        if tok.type == tokenize.NUMBER and tok.string.isdigit():
+            value = int(tok.string)
+            replacements += [str(value + 1)] + ([str(value - 1)] if value > 0 else [])
+        if tok.type == tokenize.NAME and not keyword.iskeyword(tok.string):
+            replacements += [name for name in names if name != tok.string]
+        if tok.string == "not":
+            end = end + 1 if body[end:end + 1] == " " else end
+            replacements.append("")
+        for new in replacements:
+            spacer = " " if tok.string in ("and", "or") or not new else ""
+            edited = body[:start] + new + body[end:]
+            if spacer and new and (start == 0 or body[start - 1] != " "):
+                edited = body[:start] + spacer + new + body[end:]
+            out.add(indent + edited)
+    out.discard(line)
+    return sorted(out)
+
+
+def perturbed_solution(task: Task, rng: random.Random) -> list[ToolCall]:
+    """The task's demonstration with a plausible wrong fix: its one ``str_replace`` writes a line
+    one edit away from the fixed line (:func:`plausible_wrong_lines`), never the buggy line again:
+    an operator or literal edit, or, where the line has none, another of the file's names.
+    Raises TaskError naming the task if the solution has no single-line ``str_replace`` to perturb."""
+    calls = scripted_solution(task)
+    edits = [i for i, call in enumerate(calls) if call.name == "str_replace"]
+    if len(edits) != 1 or "\n" in calls[edits[0]].arguments["new"]:
+        raise TaskError(f"task {task.task_id}: a perturbed demonstration needs a solution with exactly one "
+                        f"single-line str_replace, found {len(edits)}")
+    call = calls[edits[0]]
+    wrong = [line for line in plausible_wrong_lines(call.arguments["new"]) if line != call.arguments["old"]]
+    if not wrong:   # no operator or literal to get wrong: use another of the file's names
+        names = tuple(identifiers(task.files.get(call.arguments["path"], "")))
+        wrong = [line for line in plausible_wrong_lines(call.arguments["new"], names) if line != call.arguments["old"]]
+    if not wrong:
+        raise TaskError(f"task {task.task_id}: the fixed line {call.arguments['new']!r} has no plausible wrong edit")
+    calls[edits[0]] = ToolCall("str_replace", {**call.arguments, "new": rng.choice(wrong)})
+    return calls

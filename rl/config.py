@@ -76,10 +76,16 @@ class SFTConfig:
     # The share of the training tasks whose demonstrations make the warm start; RL then samples only
     # the other tasks, so it practises on problems the policy has not memorised (1.0 = all, shared).
     task_fraction: float = 1.0
+    # A noisy demonstrator: the share of demonstrations whose fix is right; the rest write a plausible
+    # wrong fix (envs.solver.perturbed_solution) and are kept unfiltered, as a weaker model's traces
+    # would be. Below 1 the warm start knows where and how to edit but not reliably which edit.
+    demo_accuracy: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.task_fraction <= 1.0:
             raise ValueError(f"sft.task_fraction must be in (0, 1], got {self.task_fraction}")
+        if not 0.0 <= self.demo_accuracy <= 1.0:
+            raise ValueError(f"sft.demo_accuracy must be in [0, 1], got {self.demo_accuracy}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from envs.solver import scripted_solution
+from envs.solver import perturbed_solution, scripted_solution
 from envs.tasks import Task
 from envs.tools import ToolCall
 from rl.batch import collate
@@ -41,7 +41,8 @@ from rollout.worker import EnvConfig, make_env
 @dataclass
 class Demonstration:
     task: Task
-    turns: list[tuple[ToolCall, str]]   # (call, observation the environment returned); it passed its grade
+    turns: list[tuple[ToolCall, str]]   # (call, observation the environment returned)
+    passed: bool = True                 # its grade; False only for a noisy demonstrator's wrong fix
 
     def text(self) -> str:
         parts = [prompt_text(self.task.instruction)]
@@ -65,20 +66,32 @@ def split_for_warm_start(tasks: list[Task], fraction: float, seed: int) -> tuple
     return warm, rl
 
 
-def demonstration(task: Task, env_cfg: EnvConfig) -> Demonstration:
-    """Run the scripted solver on `task` in a real sandbox; the result must pass its grade."""
+def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | None = None) -> Demonstration:
+    """Run the scripted solver on `task` in a real sandbox; the result must pass its grade.
+
+    With `wrong_fix` (a seeded RNG) the solver writes a plausible wrong fix instead
+    (:func:`envs.solver.perturbed_solution`); that demonstration keeps whatever grade it gets."""
+    calls = scripted_solution(task) if wrong_fix is None else perturbed_solution(task, wrong_fix)
     with make_env(task, env_cfg) as env:
-        turns = [(call, env.step(call).observation) for call in scripted_solution(task)]
+        turns = [(call, env.step(call).observation) for call in calls]
         grade = env.grade()
-    if not grade.passed:
+    if wrong_fix is None and not grade.passed:
         raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
-    return Demonstration(task, turns)
+    return Demonstration(task, turns, grade.passed)
 
 
-def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8) -> list[Demonstration]:
-    """Demonstrations for every task, in task order (sandboxes run in parallel threads)."""
+def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8, accuracy: float = 1.0,
+                   seed: int = 0) -> list[Demonstration]:
+    """Demonstrations for every task, in task order (sandboxes run in parallel threads).
+
+    `accuracy` < 1 makes a noisy demonstrator: a seeded round((1 - accuracy) * len(tasks)) of the
+    tasks get a plausible wrong fix (see :func:`demonstration`)."""
+    order = list(range(len(tasks)))
+    random.Random(f"{seed}-noisy-demonstrator").shuffle(order)
+    wrong = set(order[: round((1.0 - accuracy) * len(tasks))])
+    rngs = [random.Random(f"{seed}-{task.task_id}") if i in wrong else None for i, task in enumerate(tasks)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda t: demonstration(t, env_cfg), tasks))
+        return list(pool.map(lambda pair: demonstration(pair[0], env_cfg, pair[1]), zip(tasks, rngs)))
 
 
 def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajectory:
@@ -90,7 +103,8 @@ def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajecto
         seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
         if i < len(demo.turns) - 1:
             seg.append(encode_text(tokenizer, observation_text(obs)), sampled=False)
-    return Trajectory(rollout_id=rollout_id, task_id=demo.task.task_id, segments=[seg], reward=1.0, passed=True)
+    return Trajectory(rollout_id=rollout_id, task_id=demo.task.task_id, segments=[seg],
+                      reward=float(demo.passed), passed=demo.passed)
 
 
 class ScriptedPolicy:
@@ -136,7 +150,8 @@ def demo_trajectories(demos: list[Demonstration], tokenizer, agent: AgentConfig,
     """The SFT data. Without compaction, each demonstration rendered by :func:`demo_trajectory`;
     with it, each task's scripted solution played through :func:`rollout.agent.run_episode` (real
     sandboxes), so a long demonstration is split into segments at the same points, with the same
-    prompts (digest or summary + kept steps), as the policy's episodes. Each must pass its grade."""
+    prompts (digest or summary + kept steps), as the policy's episodes. Each must get the grade its
+    demonstration got (a noisy demonstrator's wrong fix fails in both)."""
     if agent.compaction == "none":
         return [demo_trajectory(d, tokenizer, f"demo-{i}") for i, d in enumerate(demos)]
     params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, stop_token_ids=(
@@ -154,8 +169,9 @@ def demo_trajectories(demos: list[Demonstration], tokenizer, agent: AgentConfig,
         return list(await asyncio.gather(*(one(i, d, slots) for i, d in enumerate(demos))))
     trajectories = asyncio.run(all_of_them())
     for demo, traj in zip(demos, trajectories):
-        if not traj.passed or traj.status != Status.SUBMITTED:
-            raise RuntimeError(f"the scripted solution of {demo.task.task_id} did not pass when played through the "
+        if traj.passed != demo.passed or traj.status != Status.SUBMITTED:
+            raise RuntimeError(f"the scripted solution of {demo.task.task_id} (passed={demo.passed}) got "
+                               f"passed={traj.passed} when played through the "
                                f"agent loop with compaction={agent.compaction} ({traj.status}): "
                                f"{traj.transcript[-3:]}")
     return trajectories

@@ -46,6 +46,13 @@ def test_bad_choice_is_named():
         to_train_config(composed("algo.gae_mode=weird"))
 
 
+@pytest.mark.parametrize("override, key", [("sft.demo_accuracy=1.5", "sft.demo_accuracy"),
+                                           ("sft.task_fraction=0", "sft.task_fraction")])
+def test_out_of_range_sft_values_are_named(override, key):
+    with pytest.raises(ValueError, match=key):
+        to_train_config(composed(override))
+
+
 def test_cli_fails_at_start_naming_the_key(tmp_path):
     exe = Path(sys.executable).with_name("horizonrl-train")
     proc = subprocess.run([str(exe), "rollout.bogus_knob=3", f"hydra.run.dir={tmp_path}"], capture_output=True,

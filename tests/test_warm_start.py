@@ -1,13 +1,18 @@
-"""SFT data: demonstrations rendered by `demo_trajectory` match what the real agent loop produces
+"""SFT data: demonstrations (and a noisy demonstrator's wrong fixes) rendered by `demo_trajectory` match what the real agent loop produces
 when the scripted solution plays it; with compaction on, the demonstrations are compacted into
 segments by the agent loop itself (summary tokens are actions), in real sandboxes."""
 
 import asyncio
+import dataclasses
+import random
 from functools import partial
 
 import pytest
 
+from envs.solver import identifiers, perturbed_solution, plausible_wrong_lines, scripted_solution
 from envs.suite import builtin_suite
+from envs.tasks import TaskError
+from envs.tools import ToolCall
 from rl.warm_start import ScriptedPolicy, demo_trajectories, demo_trajectory, demonstrations, split_for_warm_start
 from rollout.agent import AgentConfig, run_episode
 from rollout.chat import IM_END, SPECIAL_TOKENS, encode_text
@@ -76,3 +81,55 @@ def test_split_for_warm_start_is_per_family_disjoint_and_seeded():
         assert any(t.family == family for t in warm) and any(t.family == family for t in rl)
     assert split_for_warm_start(tasks, 0.5, seed=3) == (warm, rl)
     assert split_for_warm_start(tasks, 1.0, seed=3) == (tasks, tasks)
+
+
+def test_plausible_wrong_lines_are_one_edit_away_and_keep_indentation():
+    assert plausible_wrong_lines("    return a + b") == sorted(
+        f"    return a {op} b" for op in ("-", "*", "/", "//", "%", "**"))
+    assert plausible_wrong_lines("    if not data:") == ["    if data:"]
+    assert "    return hi - lo + 2" in plausible_wrong_lines("    return hi - lo + 1")
+    assert "    return hi - lo + 0" in plausible_wrong_lines("    return hi - lo + 1")
+    assert "        total -= value" in plausible_wrong_lines("        total += value")
+    assert plausible_wrong_lines("    return x and y") == ["    return x or y"]
+    # names come only from the caller (the file's identifiers); keywords are never renamed
+    assert plausible_wrong_lines("    return best") == []
+    assert plausible_wrong_lines("    return best", ("best", "value")) == ["    return value"]
+    assert plausible_wrong_lines("    return (") == []          # does not tokenise: no edits
+
+
+def test_perturbed_solution_writes_a_wrong_fix_on_every_builtin_task():
+    rng = random.Random(0)
+    for task in builtin_suite(0):
+        right, wrong = scripted_solution(task), perturbed_solution(task, rng)
+        assert [c.name for c in wrong] == [c.name for c in right]
+        assert wrong[1].arguments["old"] == right[1].arguments["old"]
+        assert wrong[1].arguments["new"] not in (right[1].arguments["new"], right[1].arguments["old"])
+        plain = plausible_wrong_lines(right[1].arguments["new"])
+        renamed = plausible_wrong_lines(right[1].arguments["new"], tuple(identifiers(task.files[right[1].arguments["path"]])))
+        # an operator/literal edit where the line has one (names are kept right: the policy must still copy them)
+        assert wrong[1].arguments["new"] in (plain if set(plain) - {right[1].arguments["old"]} else renamed)
+
+
+def test_perturbed_solution_refuses_a_solution_without_one_line_edit():
+    task = TASKS[0]
+    multi = dataclasses.replace(task, solution=(ToolCall("write_file", {"path": "x.py", "content": "1\n"}),
+                                                ToolCall("submit", {})))
+    with pytest.raises(TaskError, match=f"{task.task_id}.*exactly one single-line str_replace"):
+        perturbed_solution(multi, random.Random(0))
+
+
+def test_noisy_demonstrator_gets_its_share_wrong_and_keeps_them_unfiltered(tokenizer):
+    tasks = [t for t in builtin_suite(0) if t.split == "train"][::25][:12]
+    noisy = demonstrations(tasks, EnvConfig(), threads=2, accuracy=0.25, seed=3)
+    assert [d.task.task_id for d in noisy] == [t.task_id for t in tasks]
+    assert sum(d.passed for d in noisy) == 3                       # round(0.75 * 12) wrong fixes, each fails its grade
+    again = demonstrations(tasks, EnvConfig(), threads=2, accuracy=0.25, seed=3)
+    assert [[c for c, _ in d.turns] for d in again] == [[c for c, _ in d.turns] for d in noisy]   # seeded
+    for demo in noisy:
+        edit = demo.turns[1][0].arguments
+        solution = demo.task.solution[1].arguments
+        assert (edit["new"] == solution["new"]) == demo.passed
+        assert demo.turns[1][1].startswith("Edited")               # the wrong fix still applied: a real edit
+        traj = demo_trajectory(demo, tokenizer, "r")
+        assert traj.passed == demo.passed and traj.reward == float(demo.passed)
+    assert all(d.passed for d in demonstrations(tasks, EnvConfig(), threads=2))
