@@ -118,6 +118,16 @@ def unpack(mb: SampleBatch, packed: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def mini_batch_rows(rows: int, mini_batches: int) -> list[list[int]]:
+    """PPO mini-batches: rows i, i + k, i + 2k, ... for i < k = `mini_batches` (one optimiser step each).
+    Interleaved, so each holds episodes from the whole collection order. Every one must be non-empty:
+    a rank's shard with fewer rows than mini-batches is an error naming the setting."""
+    if mini_batches < 1 or rows < mini_batches:
+        raise ValueError(f"algo.policy_mini_batches={mini_batches} needs at least that many samples per learner "
+                         f"rank, got {rows}: lower it or raise rollout.episodes_per_step")
+    return [list(range(i, rows, mini_batches)) for i in range(mini_batches)]
+
+
 def micro_batches(batch: SampleBatch, token_budget: int) -> list[list[int]]:
     """Group rows so that rows x longest row <= token_budget (a row longer than the budget goes alone)."""
     lengths = batch.attention_mask.sum(-1).tolist()

@@ -117,6 +117,7 @@ class AlgoConfig:
     clip_low: float = 0.2                       # ppo_clip: r_t = pi/pi_old clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28
     policy_updates: int = 1                     # optimiser steps per batch, each over the whole batch (epochs)
+    policy_mini_batches: int = 1                # each epoch: this many optimiser steps, on interleaved slices of the batch
     kl_coef: float = 0.0                        # > 0: + kl_coef * KL(pi_theta || pi_ref) (k3), pi_ref = the policy RL started from
 
 
@@ -235,6 +236,12 @@ class TrainConfig:
     requires: list[str] = field(default_factory=list)   # keys a preset needs set on the command line
 
     def __post_init__(self) -> None:
+        if self.algo.policy_updates < 1 or self.algo.policy_mini_batches < 1:
+            raise ValueError(f"algo.policy_updates and algo.policy_mini_batches must be >= 1 (got "
+                             f"{self.algo.policy_updates}, {self.algo.policy_mini_batches})")
+        if self.rollout.episodes_per_step < self.algo.policy_mini_batches:
+            raise ValueError(f"algo.policy_mini_batches = {self.algo.policy_mini_batches} needs rollout.episodes_per_step "
+                             f">= it (got {self.rollout.episodes_per_step})")
         # an episode holds its own container and, while grading, the grader's: a smaller pool can deadlock
         if self.env.backend == "docker" and self.env.docker.max_live < 2 * self.rollout.max_concurrent_per_worker:
             raise ValueError(f"env.docker.max_live = {self.env.docker.max_live} must be at least 2 x "

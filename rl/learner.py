@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from critic.gae import gae_over_segments, length_adaptive_lambda
 from critic.losses import clipped_value_loss, explained_variance
-from rl.batch import SampleBatch, micro_batches, pack, packed_micro_batches, unpack
+from rl.batch import SampleBatch, micro_batches, mini_batch_rows, pack, packed_micro_batches, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.losses import (dis_policy_loss, entropy_from_logits, k3_kl, masked_whiten, ppo_clip_policy_loss,
                        reference_kl_loss, teacher_topk_forward_kl_loss)
@@ -463,6 +463,8 @@ class PPOLearner:
         if self.steps_done >= self.algo.critic_warmup_steps:
             old = self.policy.logprobs(batch) if self.algo.policy_loss == "ppo_clip" else None
             for _ in range(self.algo.policy_updates):
-                metrics |= self.policy.ppo_step(batch, adv.advantages, old)
+                for rows in mini_batch_rows(batch.input_ids.shape[0], self.algo.policy_mini_batches):
+                    metrics |= self.policy.ppo_step(batch.rows(rows), adv.advantages[rows],
+                                                    None if old is None else old[rows])
         self.steps_done += 1
         return metrics

@@ -47,7 +47,9 @@ def test_bad_choice_is_named():
 
 
 @pytest.mark.parametrize("override, key", [("sft.demo_accuracy=1.5", "sft.demo_accuracy"),
-                                           ("sft.task_fraction=0", "sft.task_fraction")])
+                                           ("sft.task_fraction=0", "sft.task_fraction"),
+                                           ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
+                                           ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])
 def test_out_of_range_sft_values_are_named(override, key):
     with pytest.raises(ValueError, match=key):
         to_train_config(composed(override))

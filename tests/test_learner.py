@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rl.batch import collate, micro_batches, pack, packed_micro_batches, trainable, unpack
+from rl.batch import collate, micro_batches, mini_batch_rows, pack, packed_micro_batches, trainable, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.learner import CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed, token_logprobs
 from rollout.trajectory import Segment, Status, Trajectory
@@ -219,6 +219,30 @@ def test_kl_penalty_keeps_the_policy_near_its_reference_and_resume_keeps_the_ref
     ckpt = save_checkpoint(tmp_path / "ckpts", 1, learner, sampler, version=1, metrics_history=[], extra={})
     assert reference_of(ckpt) == model_dir and reference_of(tmp_path / "ckpts") == model_dir
     assert reference_of(None) is None
+
+
+def test_mini_batches_are_interleaved_optimiser_steps_of_the_whole_batchs_advantages(model_dir):
+    """algo.policy_mini_batches = 2: train_step takes one policy step on rows 0, 2, 4, ... and then one on
+    rows 1, 3, 5, ..., with the advantages computed once over the whole batch (so whitening and GAE
+    see every sample); the same two ppo_step calls by hand give the same weights."""
+    assert mini_batch_rows(5, 2) == [[0, 2, 4], [1, 3]]
+    with pytest.raises(ValueError, match="algo.policy_mini_batches=4 .* got 3"):
+        mini_batch_rows(3, 4)
+    algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, micro_batch_tokens=64, policy_mini_batches=2)
+    ds = DeepSpeedConfig(zero_stage=0)
+    batch = collate(make_trajectories(12, 17), pad_token_id=0)
+    auto = PPOLearner(PolicyLearner(model_dir, algo.policy_lr, algo, ds, 1.0), CriticLearner(model_dir, algo, ds), algo)
+    values = auto.critic.values(batch)
+    adv = compute_advantages(batch, values, algo).advantages
+    auto.train_step(batch)
+    by_hand = PolicyLearner(model_dir, algo.policy_lr, algo, ds, 1.0)
+    for rows in ([0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]):
+        by_hand.ppo_step(batch.rows(rows), adv[rows])
+    one_step = PolicyLearner(model_dir, algo.policy_lr, algo, ds, 1.0)
+    one_step.ppo_step(batch, adv)
+    after, want, single = auto.policy.logprobs(batch), by_hand.logprobs(batch), one_step.logprobs(batch)
+    assert torch.allclose(after, want, atol=1e-5)
+    assert not torch.allclose(after, single, atol=1e-4)     # two optimiser steps, not one
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
