@@ -92,12 +92,7 @@ def plausible_wrong_lines(line: str, names: tuple[str, ...] = ()) -> list[str]:
         if tok.string == "not":
             end = end + 1 if body[end:end + 1] == " " else end
             replacements.append("")
-        for new in replacements:
-            spacer = " " if tok.string in ("and", "or") or not new else ""
-            edited = body[:start] + new + body[end:]
-            if spacer and new and (start == 0 or body[start - 1] != " "):
-                edited = body[:start] + spacer + new + body[end:]
-            out.add(indent + edited)
+        out.update(indent + body[:start] + new + body[end:] for new in replacements)
     out.discard(line)
     return sorted(out)
 
