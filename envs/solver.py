@@ -108,10 +108,11 @@ def perturbed_solution(task: Task, rng: random.Random) -> list[ToolCall]:
         raise TaskError(f"task {task.task_id}: a perturbed demonstration needs a solution with exactly one "
                         f"single-line str_replace, found {len(edits)}")
     call = calls[edits[0]]
-    wrong = [line for line in plausible_wrong_lines(call.arguments["new"]) if line != call.arguments["old"]]
-    if not wrong:   # no operator or literal to get wrong: use another of the file's names
-        names = tuple(identifiers(task.files.get(call.arguments["path"], "")))
-        wrong = [line for line in plausible_wrong_lines(call.arguments["new"], names) if line != call.arguments["old"]]
+    wrong: list[str] = []
+    # operator and literal edits first; the file's names only where the line has neither
+    for names in ((), tuple(identifiers(task.files.get(call.arguments["path"], "")))):
+        wrong = wrong or [line for line in plausible_wrong_lines(call.arguments["new"], names)
+                          if line != call.arguments["old"]]
     if not wrong:
         raise TaskError(f"task {task.task_id}: the fixed line {call.arguments['new']!r} has no plausible wrong edit")
     calls[edits[0]] = ToolCall("str_replace", {**call.arguments, "new": rng.choice(wrong)})

@@ -141,8 +141,6 @@ def to_distill_config(cfg: DictConfig) -> DistillConfig:
     typed: DistillConfig = OmegaConf.to_object(cfg)
     check_choices(OmegaConf.structured(typed), CHOICES)
     check_opd(typed.opd)
-    if typed.algo.policy_updates < 1:
-        raise ValueError(f"algo.policy_updates must be >= 1 (got {typed.algo.policy_updates})")
     return typed
 
 

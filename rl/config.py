@@ -120,6 +120,11 @@ class AlgoConfig:
     policy_mini_batches: int = 1                # each epoch: this many optimiser steps, on interleaved slices of the batch
     kl_coef: float = 0.0                        # > 0: + kl_coef * KL(pi_theta || pi_ref) (k3), pi_ref = the policy RL started from
 
+    def __post_init__(self) -> None:
+        if self.policy_updates < 1 or self.policy_mini_batches < 1:
+            raise ValueError(f"algo.policy_updates and algo.policy_mini_batches must be >= 1 (got "
+                             f"{self.policy_updates}, {self.policy_mini_batches})")
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -236,9 +241,6 @@ class TrainConfig:
     requires: list[str] = field(default_factory=list)   # keys a preset needs set on the command line
 
     def __post_init__(self) -> None:
-        if self.algo.policy_updates < 1 or self.algo.policy_mini_batches < 1:
-            raise ValueError(f"algo.policy_updates and algo.policy_mini_batches must be >= 1 (got "
-                             f"{self.algo.policy_updates}, {self.algo.policy_mini_batches})")
         if self.rollout.episodes_per_step < self.algo.policy_mini_batches:
             raise ValueError(f"algo.policy_mini_batches = {self.algo.policy_mini_batches} needs rollout.episodes_per_step "
                              f">= it (got {self.rollout.episodes_per_step})")

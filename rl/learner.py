@@ -462,9 +462,9 @@ class PPOLearner:
             metrics |= self.critic.step(batch, values, adv.returns)
         if self.steps_done >= self.algo.critic_warmup_steps:
             old = self.policy.logprobs(batch) if self.algo.policy_loss == "ppo_clip" else None
-            steps = [self.policy.ppo_step(batch.rows(rows), adv.advantages[rows], None if old is None else old[rows])
-                     for _ in range(self.algo.policy_updates)
-                     for rows in mini_batch_rows(batch.input_ids.shape[0], self.algo.policy_mini_batches)]
+            slices = [(batch.rows(rows), adv.advantages[rows], None if old is None else old[rows])
+                      for rows in mini_batch_rows(batch.input_ids.shape[0], self.algo.policy_mini_batches)]
+            steps = [self.policy.ppo_step(*piece) for _ in range(self.algo.policy_updates) for piece in slices]
             metrics |= {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}   # mean over steps
         self.steps_done += 1
         return metrics
