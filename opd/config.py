@@ -141,6 +141,7 @@ def to_distill_config(cfg: DictConfig) -> DistillConfig:
     typed: DistillConfig = OmegaConf.to_object(cfg)
     check_choices(OmegaConf.structured(typed), CHOICES)
     check_opd(typed.opd)
+    rollout_config(typed)   # the training schema's own checks (e.g. mini-batches vs episodes), before any model is trained
     return typed
 
 

@@ -7,6 +7,7 @@ One step (ALGORITHMS.md §5 plugged into the §2.5 surrogate, group size 1, no c
     Â_t       =  task_coef·(R − R̄) + kl_coef·sg[log π_T(a_t|h_t) − log π_θ(a_t|h_t)]   on action tokens
     L_π       =  the policy loss of `rl.learner.PolicyLearner.ppo_step` (`algo.policy_loss`: DIS against the
                  engine's behaviour log-probs, or PPO-clip against π_old), token-mean, one optimiser step
+                 per mini-batch (`algo.policy_mini_batches` interleaved slices of the batch's rows, as in RL)
                  (+ forward_kl_coef · the forward KL to the expert's top-k on the same states, if set)
 """
 
@@ -17,7 +18,7 @@ import torch
 from opd.advantages import distillation_advantages, sampled_reverse_kl, task_advantage, teacher_tensor, teacher_top_k
 from opd.config import OPDConfig
 from opd.teacher import Scored
-from rl.batch import collate, trainable
+from rl.batch import collate, mini_batch_rows, trainable
 from rl.learner import PolicyLearner
 
 
@@ -26,9 +27,10 @@ class OPDLearner:
         self.policy, self.opd, self.pad_token_id = policy, opd, pad_token_id
 
     def train_step(self, scored: list[Scored]) -> dict[str, float]:
-        """`algo.policy_updates` policy steps on scored student trajectories (environment crashes left
-        out), each with Â recomputed from the current weights; returns learner and per-domain metrics
-        (the reverse KL of the weights the batch was scored against, i.e. before the first update)."""
+        """`algo.policy_updates` epochs over scored student trajectories (environment crashes left out),
+        each with Â recomputed from the current weights and one optimiser step per mini-batch; returns
+        the mean of the steps' learner metrics and per-domain metrics (the reverse KL of the weights the
+        batch was scored against, i.e. before the first update)."""
         keep = {t.rollout_id for t in trainable([s.trajectory for s in scored])}
         scored = [s for s in scored if s.trajectory.rollout_id in keep]
         batch = collate([s.trajectory for s in scored], self.pad_token_id)
@@ -37,14 +39,19 @@ class OPDLearner:
                     if self.opd.task_coef else None)
         top_k = ((*teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k), self.opd.forward_kl_coef)
                  if self.opd.forward_kl_coef else None)
-        learner_metrics: dict[str, float] = {}
+        slices = mini_batch_rows(batch.input_ids.shape[0], self.policy.algo.policy_mini_batches)
+        steps = []
         for update in range(self.policy.algo.policy_updates):
             student = self.policy.logprobs(batch) * batch.action_mask
             if update == 0:
                 old, row_kl = student, sampled_reverse_kl(teacher, student, batch.action_mask)
             adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
                                           task_adv)
-            learner_metrics = self.policy.ppo_step(batch, adv, old_logprobs=old, teacher_top_k=top_k)
+            steps += [self.policy.ppo_step(batch.rows(rows), adv[rows], old_logprobs=old[rows],
+                                           teacher_top_k=None if top_k is None else
+                                           (top_k[0][rows], top_k[1][rows], top_k[2]))
+                      for rows in slices]
+        learner_metrics = {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}   # mean over steps
         row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
         metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
                    "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),

@@ -99,3 +99,16 @@ def test_offload_between_phases_needs_shared_gpus_taking_turns():
                        (["deepspeed.zero_stage=0"], "zero_stage >= 1")):
         with pytest.raises(ValueError, match=named):
             to_train_config(composed("cluster.offload_between_phases=true", "deepspeed.zero_stage=1", *bad))
+
+
+def test_distill_config_gets_the_training_schemas_checks_at_start():
+    """horizonrl-distill composes its own tree; a setting the rollout/learner machinery refuses is
+    named when the config is read, before any expert is trained."""
+    from opd.config import register_configs as register_distill, to_distill_config
+    register_distill()
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        good = compose(config_name="distill", overrides=["algo.policy_mini_batches=4"])
+        bad = compose(config_name="distill", overrides=["algo.policy_mini_batches=17"])
+    assert to_distill_config(good).algo.policy_mini_batches == 4
+    with pytest.raises(ValueError, match="algo.policy_mini_batches = 17 needs rollout.episodes_per_step"):
+        to_distill_config(bad)

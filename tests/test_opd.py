@@ -15,7 +15,7 @@ from antihack.guard import GuardConfig
 from envs.solver import scripted_solution
 from envs.suite import builtin_suite
 from opd.advantages import (distillation_advantages, recovery, sampled_reverse_kl, task_advantage,
-                            teacher_tensor)
+                            teacher_tensor, teacher_top_k)
 from opd.config import DomainConfig, ExpertConfig, ModelSource, OPDConfig, check_opd
 from opd.experts import ensure_model
 from opd.learner import OPDLearner
@@ -282,6 +282,42 @@ def test_opd_steps_move_the_student_toward_the_teacher(models):
     assert abs(last["opd/reverse_kl/ops"]) < 0.5 * abs(first["opd/reverse_kl/ops"])
     width = max(len(t.segments[0].tokens) for t in trajs)
     assert teacher_tensor(scored, width).shape == (8, width)
+
+
+def test_mini_batches_are_interleaved_steps_on_the_whole_batchs_advantage(models):
+    """algo.policy_mini_batches = 2 in OPD: Â from the whole batch, then one optimiser step on rows
+    0, 2, 4 and one on rows 1, 3, 5 (reverse-KL advantage and forward-KL top-k sliced alike); the same
+    two ppo_step calls by hand give the same weights, and one full-batch step does not."""
+    init_distributed(DeepSpeedConfig(master_port=29631))
+    tok = load_tokenizer(models["student"])
+    scored = []
+    for i, task in enumerate(TASKS[:6]):
+        seg = Segment(rollout_id=f"m{i}", index=0)
+        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
+        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:6 + i]
+        seg.append(action, sampled=True, logprobs=[-1.0] * len(action), versions=[0] * len(action))
+        n = len(seg.tokens)
+        scored.append(Scored(Trajectory(rollout_id=f"m{i}", task_id=task.task_id, segments=[seg]), "ops",
+                             "ops_expert", [[-0.2 * m for m in seg.loss_mask]], [[[7, 9]] * n], [[[-0.1, -2.4]] * n]))
+    algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, policy_mini_batches=2)
+    opd = OPDConfig(domains=DOMAINS[:1], kl_coef=1.0, forward_kl_coef=0.5, forward_kl_top_k=2)
+    auto = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0), opd,
+                      tok.pad_token_id)
+    metrics = auto.train_step(scored)
+    batch = collate([s.trajectory for s in scored], tok.pad_token_id)
+    width, mask = batch.input_ids.shape[1], batch.action_mask
+    by_hand = PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0)
+    student = by_hand.logprobs(batch) * mask
+    adv = distillation_advantages(teacher_tensor(scored, width) * mask, student, mask, 1.0, 0.0, None)
+    ids, lps = teacher_top_k(scored, width, 2)
+    for rows in ([0, 2, 4], [1, 3, 5]):
+        by_hand.ppo_step(batch.rows(rows), adv[rows], student[rows], (ids[rows], lps[rows], 0.5))
+    one_step = PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0)
+    one_step.ppo_step(batch, adv, student, (ids, lps, 0.5))
+    after, want, single = auto.policy.logprobs(batch), by_hand.logprobs(batch), one_step.logprobs(batch)
+    assert torch.allclose(after, want, atol=1e-5)
+    assert not torch.allclose(after, single, atol=1e-4)     # two optimiser steps, not one
+    assert metrics["policy/forward_kl"] > 0.0 and math.isfinite(metrics["policy/loss"])
 
 
 def test_forward_kl_term_raises_the_teachers_top_tokens(models):
