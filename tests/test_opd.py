@@ -259,19 +259,30 @@ def test_router_refuses_a_task_outside_every_domain(models):
 
 # ---- the learner ---------------------------------------------------------------------------------
 
+def scored_demos(tok, count, action_len, behaviour_lp, teacher_lp, top=None):
+    """`count` one-segment trajectories (a task prompt, then the first `action_len(i)` ids of its scripted
+    first call as sampled actions with log-prob `behaviour_lp`), scored by the "ops" expert with log-prob
+    `teacher_lp` on every action token and, if given, `top` = (ids, log-probs) as its top-k everywhere."""
+    scored = []
+    for i, task in enumerate(TASKS[:count]):
+        seg = Segment(rollout_id=f"r{i}", index=0)
+        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
+        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:action_len(i)]
+        seg.append(action, sampled=True, logprobs=[behaviour_lp] * len(action), versions=[0] * len(action))
+        n = len(seg.tokens)
+        tops = ([[top[0]] * n], [[top[1]] * n]) if top else ([], [])
+        scored.append(Scored(Trajectory(rollout_id=f"r{i}", task_id=task.task_id, segments=[seg]), "ops",
+                             "ops_expert", [[teacher_lp * m for m in seg.loss_mask]], *tops))
+    return scored
+
+
 def test_opd_steps_move_the_student_toward_the_teacher(models):
     """On fixed student samples scored by a teacher that likes them (log π_T = −0.1 on every action
     token), OPD steps raise the student's log-probs toward the teacher's: |reverse KL| falls."""
     init_distributed(DeepSpeedConfig(master_port=29631))
     tok = load_tokenizer(models["student"])
-    trajs = []
-    for i, task in enumerate(TASKS[:8]):
-        seg = Segment(rollout_id=f"r{i}", index=0)
-        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
-        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:12]
-        seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
-        trajs.append(Trajectory(rollout_id=f"r{i}", task_id=task.task_id, segments=[seg]))
-    scored = [Scored(t, "ops", "ops_expert", [[-0.1 * m for m in t.segments[0].loss_mask]]) for t in trajs]
+    scored = scored_demos(tok, 8, lambda i: 12, 0.0, -0.1)
+    trajs = [s.trajectory for s in scored]
     algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, dis_low=0.0, dis_high=1e9)
     learner = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0),
                          OPDConfig(domains=DOMAINS[:1]), tok.pad_token_id)
@@ -290,15 +301,7 @@ def test_mini_batches_are_interleaved_steps_on_the_whole_batchs_advantage(models
     two ppo_step calls by hand give the same weights, and one full-batch step does not."""
     init_distributed(DeepSpeedConfig(master_port=29631))
     tok = load_tokenizer(models["student"])
-    scored = []
-    for i, task in enumerate(TASKS[:6]):
-        seg = Segment(rollout_id=f"m{i}", index=0)
-        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
-        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:6 + i]
-        seg.append(action, sampled=True, logprobs=[-1.0] * len(action), versions=[0] * len(action))
-        n = len(seg.tokens)
-        scored.append(Scored(Trajectory(rollout_id=f"m{i}", task_id=task.task_id, segments=[seg]), "ops",
-                             "ops_expert", [[-0.2 * m for m in seg.loss_mask]], [[[7, 9]] * n], [[[-0.1, -2.4]] * n]))
+    scored = scored_demos(tok, 6, lambda i: 6 + i, -1.0, -0.2, top=([7, 9], [-0.1, -2.4]))
     algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, policy_mini_batches=2)
     opd = OPDConfig(domains=DOMAINS[:1], kl_coef=1.0, forward_kl_coef=0.5, forward_kl_top_k=2)
     auto = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0), opd,
@@ -325,15 +328,7 @@ def test_forward_kl_term_raises_the_teachers_top_tokens(models):
     states (token 7, then 9); OPD steps make token 7 the student's most likely choice there."""
     init_distributed(DeepSpeedConfig(master_port=29631))
     tok = load_tokenizer(models["student"])
-    trajs, scored = [], []
-    for i, task in enumerate(TASKS[:6]):
-        seg = Segment(rollout_id=f"f{i}", index=0)
-        seg.append(tok.encode(prompt_text(task.instruction)), sampled=False)
-        action = tok.encode(render_tool_call(scripted_solution(task)[0]))[:10]
-        seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
-        traj = Trajectory(rollout_id=f"f{i}", task_id=task.task_id, segments=[seg])
-        n = len(seg.tokens)
-        scored.append(Scored(traj, "ops", "ops_expert", [[0.0] * n], [[[7, 9]] * n], [[[-0.1, -2.4]] * n]))
+    scored = scored_demos(tok, 6, lambda i: 10, 0.0, 0.0, top=([7, 9], [-0.1, -2.4]))
     algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256, dis_low=0.0, dis_high=1e9)
     policy = PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0)
     learner = OPDLearner(policy, OPDConfig(domains=DOMAINS[:1], kl_coef=0.0, forward_kl_coef=1.0, forward_kl_top_k=2),
