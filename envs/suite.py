@@ -12,7 +12,8 @@ names and parameter names, and all tasks draw file names from one module pool. O
 a held-out task's code is a combination that no training task has (every single name in it
 also appears in training, in other combinations). Per concept: 12 training and 2 held-out
 tasks (588 in all, 504 / 84).
-The split is fixed; `seed` only changes which variants, bugs and shown checks are drawn.
+For one `seed` the split is fixed; another seed draws other variants, bugs and shown checks and may
+reserve another pair for held-out, so tasks move between splits: compare runs made with one seed.
 Difficulty: 1 = a three-line function, 2 = a function with a loop or several statements,
 3 = two functions (the bug may sit in the helper the named function calls).
 
