@@ -19,7 +19,7 @@ from opd.advantages import distillation_advantages, sampled_reverse_kl, task_adv
 from opd.config import OPDConfig
 from opd.teacher import Scored
 from rl.batch import collate, mini_batch_rows, trainable
-from rl.learner import PolicyLearner
+from rl.learner import PolicyLearner, mean_metrics
 
 
 class OPDLearner:
@@ -39,7 +39,8 @@ class OPDLearner:
                     if self.opd.task_coef else None)
         top_k = ((*teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k), self.opd.forward_kl_coef)
                  if self.opd.forward_kl_coef else None)
-        slices = mini_batch_rows(batch.input_ids.shape[0], self.policy.algo.policy_mini_batches)
+        slices = [(rows, batch.rows(rows)) for rows in mini_batch_rows(batch.input_ids.shape[0],
+                                                                        self.policy.algo.policy_mini_batches)]
         steps = []
         for update in range(self.policy.algo.policy_updates):
             student = self.policy.logprobs(batch) * batch.action_mask
@@ -47,11 +48,11 @@ class OPDLearner:
                 old, row_kl = student, sampled_reverse_kl(teacher, student, batch.action_mask)
             adv = distillation_advantages(teacher, student, batch.action_mask, self.opd.kl_coef, self.opd.task_coef,
                                           task_adv)
-            steps += [self.policy.ppo_step(batch.rows(rows), adv[rows], old_logprobs=old[rows],
+            steps += [self.policy.ppo_step(piece, adv[rows], old_logprobs=old[rows],
                                            teacher_top_k=None if top_k is None else
                                            (top_k[0][rows], top_k[1][rows], top_k[2]))
-                      for rows in slices]
-        learner_metrics = {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}   # mean over steps
+                      for rows, piece in slices]
+        learner_metrics = mean_metrics(steps)
         row_domain = [s.domain for s in scored for _ in s.trajectory.segments]
         metrics = {"opd/reverse_kl": float(_token_weighted(row_kl, batch.action_mask, range(len(row_domain)))),
                    "opd/advantage_mean": float(adv.sum() / batch.action_mask.sum()),

@@ -132,6 +132,11 @@ def global_action_tokens(batch: SampleBatch) -> float:
     return float(dp_all_reduce(batch.action_mask.sum().double()))
 
 
+def mean_metrics(steps: list[dict]) -> dict:
+    """One learner step's metrics from its optimiser steps (epochs x mini-batches): the mean of each."""
+    return {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}
+
+
 def dp_micro_batches(batch: SampleBatch, algo: AlgoConfig) -> tuple[list[list[int]], int]:
     """This rank's micro-batches (padded or packed, ``algo.micro_batch_tokens`` each) and how many
     every rank runs: the most any rank has. A rank with fewer runs zero-weighted passes
@@ -465,6 +470,6 @@ class PPOLearner:
             slices = [(batch.rows(rows), adv.advantages[rows], None if old is None else old[rows])
                       for rows in mini_batch_rows(batch.input_ids.shape[0], self.algo.policy_mini_batches)]
             steps = [self.policy.ppo_step(*piece) for _ in range(self.algo.policy_updates) for piece in slices]
-            metrics |= {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}   # mean over steps
+            metrics |= mean_metrics(steps)
         self.steps_done += 1
         return metrics

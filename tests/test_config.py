@@ -9,10 +9,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from opd.config import register_configs as register_distill_configs, to_distill_config
 from rl.config import TrainConfig, register_configs, to_train_config
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 register_configs()
+register_distill_configs()
 
 
 def composed(*overrides):
@@ -104,8 +106,6 @@ def test_offload_between_phases_needs_shared_gpus_taking_turns():
 def test_distill_config_gets_the_training_schemas_checks_at_start():
     """horizonrl-distill composes its own tree; a setting the rollout/learner machinery refuses is
     named when the config is read, before any expert is trained."""
-    from opd.config import register_configs as register_distill, to_distill_config
-    register_distill()
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         good = compose(config_name="distill", overrides=["algo.policy_mini_batches=4"])
         bad = compose(config_name="distill", overrides=["algo.policy_mini_batches=17"])
