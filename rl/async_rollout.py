@@ -184,16 +184,21 @@ class EpisodePool:
 
 
 class _Issuer:
-    """New episodes from the task sampler, with rollout ids `{prefix}-{k}`."""
+    """New episodes from the task sampler, with rollout ids `{prefix}-{k}`: k is the task's draw
+    index in the run (`TaskSampler.drawn`), which a checkpoint restores, so a resumed run goes on
+    counting and never reuses a rollout id of the run it resumed (nor its audit rows' ids)."""
 
     def __init__(self, sampler: TaskSampler, prefix: str) -> None:
-        self.sampler, self.prefix, self.issued = sampler, prefix, 0
+        self.sampler, self.prefix, self.start = sampler, prefix, sampler.drawn
+
+    @property
+    def issued(self) -> int:
+        """Episodes issued by this issuer (since the run or the resume started)."""
+        return self.sampler.drawn - self.start
 
     def new(self, n: int) -> list[Episode]:
-        episodes = [Episode(task, f"{self.prefix}-{self.issued + i}")
-                    for i, task in enumerate(self.sampler.next_batch(n))]
-        self.issued += n
-        return episodes
+        first = self.sampler.drawn
+        return [Episode(task, f"{self.prefix}-{first + i}") for i, task in enumerate(self.sampler.next_batch(n))]
 
 
 def _metrics(trajectories: list[Trajectory], learner_version: int, pool: EpisodePool, dropped: int,

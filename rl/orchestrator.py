@@ -145,6 +145,11 @@ class TaskSampler:
             self.pos += 1
         return out
 
+    @property
+    def drawn(self) -> int:
+        """How many tasks have been drawn since the start of the run (resumes count on)."""
+        return self.epoch * len(self.tasks) + self.pos
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 

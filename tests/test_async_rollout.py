@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from antihack.guard import GuardConfig
 from envs.solver import scripted_solution
 from envs.suite import builtin_suite
-from rl.async_rollout import (AsyncConfig, AsyncRolloutSource, SyncRolloutSource, staleness,
+from rl.async_rollout import (AsyncConfig, AsyncRolloutSource, SyncRolloutSource, _Issuer, staleness,
                               start_rollout_worker)
 from rl.config import EngineConfig, RolloutConfig, SamplingConfig, TrainConfig
 from rl.orchestrator import RolloutCluster, TaskSampler
@@ -25,6 +25,20 @@ from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
 from rollout.trajectory import Segment, Status, Trajectory
 
 TASKS = [t for t in builtin_suite(0) if t.split == "train"][:40]
+
+
+def test_rollout_ids_go_on_counting_after_a_resume():
+    """A resumed run's issuer starts at the restored sampler position: no rollout id is issued twice
+    over the run and its resume, and the tasks are those of an uninterrupted run."""
+    sampler = TaskSampler(TASKS, seed=2)
+    first = _Issuer(sampler, "train").new(25)                  # crosses an epoch (40 tasks) on the next call
+    resumed = TaskSampler(TASKS, seed=2)
+    resumed.load_state(sampler.state())
+    issuer = _Issuer(resumed, "train")
+    later = issuer.new(30)
+    assert [e.rollout_id for e in first + later] == [f"train-{k}" for k in range(55)]
+    assert issuer.issued == 30
+    assert [e.task.task_id for e in later] == [t.task_id for t in sampler.next_batch(30)]
 
 
 @pytest.fixture(scope="module")
