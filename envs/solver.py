@@ -10,6 +10,11 @@ one edit away from right (an operator swapped for another of its kind, an intege
 one, a ``not`` dropped, ``and``/``or`` swapped). A warm start that mixes such demonstrations in
 imitates a noisy demonstrator (unfiltered traces of a weaker model): the policy learns where and
 how to edit, but not reliably which edit, and RL has to learn the rest from the reward.
+
+:func:`unindented_edit` is the other habit of weak coding agents it can imitate: the right fix,
+written without the line's indentation, so the edited file no longer parses (``return`` outside a
+function, an unexpected indent) and the grade fails. The policy learns the fix from every such
+demonstration, and from the reward alone that one token (the indentation) decides the outcome.
 """
 
 from __future__ import annotations
@@ -117,3 +122,18 @@ def perturbed_solution(task: Task, rng: random.Random) -> list[ToolCall]:
         raise TaskError(f"task {task.task_id}: the fixed line {call.arguments['new']!r} has no plausible wrong edit")
     calls[edits[0]] = ToolCall("str_replace", {**call.arguments, "new": rng.choice(wrong)})
     return calls
+
+
+def unindented_edit(task: Task, calls: list[ToolCall]) -> list[ToolCall]:
+    """`calls` (a demonstration of `task`) with its one ``str_replace`` writing the new line without
+    its leading whitespace; the old string stays exact, so the edit applies and breaks the file's
+    indentation. Raises TaskError naming the task if `calls` has no single-line ``str_replace`` of
+    an indented line."""
+    edits = [i for i, call in enumerate(calls) if call.name == "str_replace"]
+    new = calls[edits[0]].arguments["new"] if len(edits) == 1 else ""
+    if not new or "\n" in new or new == new.lstrip():
+        raise TaskError(f"task {task.task_id}: an unindented demonstration needs exactly one single-line "
+                        f"str_replace that writes an indented line, found {len(edits)} str_replace calls")
+    out = list(calls)
+    out[edits[0]] = ToolCall("str_replace", {**calls[edits[0]].arguments, "new": new.lstrip()})
+    return out

@@ -80,12 +80,18 @@ class SFTConfig:
     # wrong fix (envs.solver.perturbed_solution) and are kept unfiltered, as a weaker model's traces
     # would be. Below 1 the warm start knows where and how to edit but not reliably which edit.
     demo_accuracy: float = 1.0
+    # The share of demonstrations that write their fix with the line's indentation; the rest (drawn
+    # independently of demo_accuracy) write it flush left, so the file no longer parses and the grade
+    # fails, and are kept unfiltered: a weaker agent's edit habit that only the reward can correct.
+    demo_indent_kept: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.task_fraction <= 1.0:
             raise ValueError(f"sft.task_fraction must be in (0, 1], got {self.task_fraction}")
         if not 0.0 <= self.demo_accuracy <= 1.0:
             raise ValueError(f"sft.demo_accuracy must be in [0, 1], got {self.demo_accuracy}")
+        if not 0.0 <= self.demo_indent_kept <= 1.0:
+            raise ValueError(f"sft.demo_indent_kept must be in [0, 1], got {self.demo_indent_kept}")
 
 
 @dataclass

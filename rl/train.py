@@ -45,7 +45,7 @@ def main(raw: DictConfig) -> None:
 
     # 1. The policy: a checkpoint to resume, a local model, or the default built from config + SFT warm start.
     resume = resolve_checkpoint(Path(cfg.resume)) if cfg.resume else None
-    demos = demonstrations(warm_tasks, cfg.env, accuracy=cfg.sft.demo_accuracy, seed=cfg.seed) if resume is None and (cfg.sft.enabled or not cfg.model.path) else []
+    demos = demonstrations(warm_tasks, cfg.env, accuracy=cfg.sft.demo_accuracy, indent_kept=cfg.sft.demo_indent_kept, seed=cfg.seed) if resume is None and (cfg.sft.enabled or not cfg.model.path) else []
     policy_path = (resume / POLICY_HF if resume is not None else Path(cfg.model.path) if cfg.model.path
                    else build_default_policy(cfg.model, demos, run_dir / "base", cfg.seed))
     tokenizer = load_tokenizer(policy_path)

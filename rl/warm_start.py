@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from envs.solver import perturbed_solution, scripted_solution
+from envs.solver import perturbed_solution, scripted_solution, unindented_edit
 from envs.tasks import Task
 from envs.tools import ToolCall
 from rl.batch import collate
@@ -66,32 +66,42 @@ def split_for_warm_start(tasks: list[Task], fraction: float, seed: int) -> tuple
     return warm, rl
 
 
-def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | None = None) -> Demonstration:
+def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | None = None,
+                  unindent: bool = False) -> Demonstration:
     """Run the scripted solver on `task` in a real sandbox; the result must pass its grade.
 
     With `wrong_fix` (a seeded RNG) the solver writes a plausible wrong fix instead
-    (:func:`envs.solver.perturbed_solution`); that demonstration keeps whatever grade it gets."""
+    (:func:`envs.solver.perturbed_solution`); with `unindent` it writes its fix without the line's
+    indentation (:func:`envs.solver.unindented_edit`). Such a demonstration keeps whatever grade it gets."""
     calls = scripted_solution(task) if wrong_fix is None else perturbed_solution(task, wrong_fix)
+    calls = unindented_edit(task, calls) if unindent else calls
     with make_env(task, env_cfg) as env:
         turns = [(call, env.step(call).observation) for call in calls]
         grade = env.grade()
-    if wrong_fix is None and not grade.passed:
+    if wrong_fix is None and not unindent and not grade.passed:
         raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
     return Demonstration(task, turns, grade.passed)
 
 
+def _seeded_share(count: int, share: float, salt: str) -> set[int]:
+    """A seeded round(share * count) of the indices 0..count-1."""
+    order = list(range(count))
+    random.Random(salt).shuffle(order)
+    return set(order[: round(share * count)])
+
+
 def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8, accuracy: float = 1.0,
-                   seed: int = 0) -> list[Demonstration]:
+                   seed: int = 0, indent_kept: float = 1.0) -> list[Demonstration]:
     """Demonstrations for every task, in task order (sandboxes run in parallel threads).
 
     `accuracy` < 1 makes a noisy demonstrator: a seeded round((1 - accuracy) * len(tasks)) of the
-    tasks get a plausible wrong fix (see :func:`demonstration`)."""
-    order = list(range(len(tasks)))
-    random.Random(f"{seed}-noisy-demonstrator").shuffle(order)
-    wrong = set(order[: round((1.0 - accuracy) * len(tasks))])
+    tasks get a plausible wrong fix; `indent_kept` < 1: a seeded round((1 - indent_kept) * len(tasks))
+    of them (drawn independently) write their fix without its indentation (see :func:`demonstration`)."""
+    wrong = _seeded_share(len(tasks), 1.0 - accuracy, f"{seed}-noisy-demonstrator")
+    flat = _seeded_share(len(tasks), 1.0 - indent_kept, f"{seed}-unindented-demonstrator")
     rngs = [random.Random(f"{seed}-{task.task_id}") if i in wrong else None for i, task in enumerate(tasks)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda pair: demonstration(pair[0], env_cfg, pair[1]), zip(tasks, rngs)))
+        return list(pool.map(lambda i: demonstration(tasks[i], env_cfg, rngs[i], i in flat), range(len(tasks))))
 
 
 def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajectory:

@@ -49,6 +49,7 @@ def test_bad_choice_is_named():
 
 
 @pytest.mark.parametrize("override, key", [("sft.demo_accuracy=1.5", "sft.demo_accuracy"),
+                                           ("sft.demo_indent_kept=-0.1", "sft.demo_indent_kept"),
                                            ("sft.task_fraction=0", "sft.task_fraction"),
                                            ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
                                            ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])

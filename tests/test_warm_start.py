@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from envs.solver import identifiers, perturbed_solution, plausible_wrong_lines, scripted_solution
+from envs.solver import identifiers, perturbed_solution, plausible_wrong_lines, scripted_solution, unindented_edit
 from envs.suite import builtin_suite
 from envs.tasks import TaskError
 from envs.tools import ToolCall
@@ -116,6 +116,32 @@ def test_perturbed_solution_refuses_a_solution_without_one_line_edit():
                                                 ToolCall("submit", {})))
     with pytest.raises(TaskError, match=f"{task.task_id}.*exactly one single-line str_replace"):
         perturbed_solution(multi, random.Random(0))
+
+
+def test_unindented_edit_keeps_the_fix_and_drops_only_its_indentation():
+    for task in builtin_suite(0):
+        right = scripted_solution(task)
+        flat = unindented_edit(task, right)
+        assert [c.name for c in flat] == [c.name for c in right] and flat[0] == right[0] and flat[2] == right[2]
+        assert flat[1].arguments["old"] == right[1].arguments["old"]
+        assert flat[1].arguments["new"] == right[1].arguments["new"].lstrip() != right[1].arguments["new"]
+    task = TASKS[0]
+    top_level = [ToolCall("str_replace", {"path": "x.py", "old": "A = 1", "new": "A = 2"}), ToolCall("submit", {})]
+    with pytest.raises(TaskError, match=f"{task.task_id}.*writes an indented line"):
+        unindented_edit(task, top_level)
+
+
+def test_unindented_demonstrations_apply_their_edit_and_fail_their_grade(tokenizer):
+    tasks = [t for t in builtin_suite(0) if t.split == "train"][::25][:12]
+    mixed = demonstrations(tasks, EnvConfig(), threads=2, indent_kept=0.25, seed=3)
+    flat = [d for d in mixed if d.turns[1][0].arguments["new"] != d.task.solution[1].arguments["new"]]
+    assert len(flat) == 9                                          # round(0.75 * 12), drawn with the seed
+    for demo in flat:
+        assert demo.turns[1][0].arguments["new"] == demo.task.solution[1].arguments["new"].lstrip()
+        assert demo.turns[1][1].startswith("Edited") and not demo.passed     # applied, and the file no longer runs
+    assert all(d.passed for d in mixed if d not in flat)
+    both = demonstrations(tasks, EnvConfig(), threads=2, accuracy=0.5, indent_kept=0.5, seed=3)
+    assert sum(d.passed for d in both) < 6                          # the two habits are drawn independently
 
 
 def test_noisy_demonstrator_gets_its_share_wrong_and_keeps_them_unfiltered(tokenizer):
