@@ -170,7 +170,10 @@ def model_logits(model, mb: SampleBatch, packed: bool) -> torch.Tensor:
 
 def per_token(engine, batch: SampleBatch, algo: AlgoConfig, fn) -> torch.Tensor:
     """`fn(micro_batch)` ([rows, T_mb] per token) over every micro-batch, assembled into `batch`'s [B, T]
-    layout (no gradient); idle passes keep the data-parallel ranks' collectives in step."""
+    layout (no gradient); idle passes keep the data-parallel ranks' collectives in step. `batch` may
+    sit on any device (the driver collates on the CPU): it runs on the engine's, the result comes back
+    on `batch`'s."""
+    home, batch = batch.input_ids.device, batch.to(engine.device)
     out = torch.zeros_like(batch.action_mask)
     groups, count = dp_micro_batches(batch, algo)
     for i in range(count):
@@ -179,7 +182,7 @@ def per_token(engine, batch: SampleBatch, algo: AlgoConfig, fn) -> torch.Tensor:
             continue
         mb = batch.rows(groups[i])
         out[torch.tensor(groups[i]), : mb.input_ids.shape[1]] = fn(mb)
-    return out
+    return out.to(home)
 
 
 def accumulate(engine, batch: SampleBatch, algo: AlgoConfig, loss_of) -> float:

@@ -118,6 +118,30 @@ def test_offloading_between_phases_changes_nothing_the_learner_computes(model_di
         PolicyLearner(model_dir, 1e-3, algo, DeepSpeedConfig(zero_stage=0), temperature=1.0).offload()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_offloading_gives_the_gpu_memory_back_and_the_next_step_brings_it_again(model_dir, zero_stage):
+    """Colocated turn-taking on a GPU: after a step, `offload()` frees at least the fp32 parameters of
+    policy and critic (ZeRO-1: parameters, gradients and Adam moments; ZeRO-3 with torch AdamW:
+    parameters and gradient buffers), and the next `train_step` takes them back onto the GPU."""
+    algo = AlgoConfig(critic_warmup_steps=0, micro_batch_tokens=64)
+    ds = DeepSpeedConfig(zero_stage=zero_stage)
+    learner = PPOLearner(PolicyLearner(model_dir, 1e-3, algo, ds, temperature=1.0), CriticLearner(model_dir, algo, ds), algo)
+    batch = collate(make_trajectories(8, 17), pad_token_id=0)
+    learner.train_step(batch)                                   # optimiser states exist from here on
+    param_bytes = 4 * sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                          for m in (learner.policy.engine, learner.critic.engine) for p in m.module.parameters())
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    learner.offload()
+    torch.cuda.synchronize()
+    freed = held - torch.cuda.memory_allocated()
+    assert freed >= (3 if zero_stage == 1 else 1) * param_bytes, (held, freed, param_bytes)
+    metrics = learner.train_step(batch)
+    assert not learner.offloaded and all(math.isfinite(v) for v in metrics.values())
+    assert torch.cuda.memory_allocated() >= held - param_bytes // 2
+
+
 def test_advantages_zero_outside_actions_and_returns_equal_reward(model_dir):
     batch = collate(make_trajectories(6, 2), pad_token_id=0)
     values = torch.randn_like(batch.action_mask) * batch.action_mask
