@@ -120,7 +120,10 @@ class RunLogger:
 
 
 def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Path | None, rl_wall_time_s: float) -> dict:
-    """summary.json: the held-out pass rate before and after RL (both `EvalResult`s), timings, paths."""
+    """summary.json: the held-out pass rate before and after RL (both `EvalResult`s), timings, paths.
+    The held-out episodes themselves go beside it, one JSON line each (:func:`write_episodes`)."""
+    episodes = {tag: write_episodes(log.run_dir / f"heldout_{tag}_rl.jsonl", result.trajectories)
+                for tag, result in (("before", before), ("after", after))}
     return {
         "experiment": cfg.experiment, "steps": cfg.steps,
         "heldout_pass_rate_before_rl": before.pass_rate, "heldout_pass_rate_after_rl": after.pass_rate,
@@ -131,6 +134,7 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
         "checkpoint_dir": str(checkpoint / POLICY_HF) if checkpoint is not None else "",
         "resume_checkpoint": str(checkpoint) if checkpoint is not None else "",
         "plot": str(log.run_dir / "pass_rate.png"), "metrics": str(log.run_dir / "metrics.jsonl"),
+        "heldout_episodes_before_rl": episodes["before"], "heldout_episodes_after_rl": episodes["after"],
         "final_metrics": log.history[-1] if log.history else {},
         "heldout_hack_before_rl": before.hack, "heldout_hack_after_rl": after.hack,
         "segments_per_rollout": {  # > 1: episodes were compacted (agent.compaction)
@@ -143,3 +147,14 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
 def mean_segments(trajectories) -> float:
     """Segments (sub-traces) per rollout: 1 without compaction, one more per compaction."""
     return sum(len(t.segments) for t in trajectories) / len(trajectories) if trajectories else 0.0
+
+
+def write_episodes(path: Path, trajectories) -> str:
+    """One JSON line per episode (rollout id, task, grade, reward, status, turns, the transcript of
+    actions and observations): what a held-out pass rate was measured on, for reading afterwards."""
+    with path.open("w") as f:
+        for t in trajectories:
+            f.write(json.dumps({"rollout_id": t.rollout_id, "task_id": t.task_id, "passed": t.passed,
+                                "reward": t.reward, "status": t.status.value, "turns": t.num_turns,
+                                "segments": len(t.segments), "transcript": t.transcript}) + "\n")
+    return str(path)

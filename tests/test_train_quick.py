@@ -39,6 +39,10 @@ def test_summary_has_the_contract(quick_run):
     assert 0.0 <= summary["heldout_pass_rate_after_rl"] <= 1.0
     assert Path(summary["wandb_dir"]).is_dir()
     assert (run_dir / "pass_rate.png").stat().st_size > 1000
+    episodes = [json.loads(line) for line in Path(summary["heldout_episodes_after_rl"]).read_text().splitlines()]
+    assert len(episodes) == summary["heldout_episodes"]
+    assert sum(e["passed"] for e in episodes) / len(episodes) == summary["heldout_pass_rate_after_rl"]
+    assert all(e["transcript"] for e in episodes)
 
 
 def test_pass_rate_does_not_fall_and_losses_are_finite(quick_run):
