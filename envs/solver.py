@@ -15,6 +15,10 @@ how to edit, but not reliably which edit, and RL has to learn the rest from the 
 written without the line's indentation, so the edited file no longer parses (``return`` outside a
 function, an unexpected indent) and the grade fails. The policy learns the fix from every such
 demonstration, and from the reward alone that one token (the indentation) decides the outcome.
+
+:func:`retried_edit` demonstrates the recovery a good agent makes: its first ``str_replace``
+misremembers the line (one plausible edit away), the tool answers that the text is missing and
+shows the file's closest line, and the agent repeats the edit with that exact line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import keyword
 import random
 import tokenize
 
+from envs.env import closest_lines
 from envs.tasks import Task, TaskError
 from envs.tools import ToolCall, check_arguments
 
@@ -125,15 +130,39 @@ def perturbed_solution(task: Task, rng: random.Random) -> list[ToolCall]:
 
 
 def unindented_edit(task: Task, calls: list[ToolCall]) -> list[ToolCall]:
-    """`calls` (a demonstration of `task`) with its one ``str_replace`` writing the new line without
-    its leading whitespace; the old string stays exact, so the edit applies and breaks the file's
-    indentation. Raises TaskError naming the task if `calls` has no single-line ``str_replace`` of
-    an indented line."""
+    """`calls` (a demonstration of `task`) with its last ``str_replace`` (the one that applies, after
+    any missed ones of :func:`retried_edit`) writing the new line without its leading whitespace; the
+    old string stays exact, so the edit applies and breaks the file's indentation. Raises TaskError
+    naming the task if that call is not a single-line ``str_replace`` of an indented line."""
     edits = [i for i, call in enumerate(calls) if call.name == "str_replace"]
-    new = calls[edits[0]].arguments["new"] if len(edits) == 1 else ""
+    new = calls[edits[-1]].arguments["new"] if edits else ""
     if not new or "\n" in new or new == new.lstrip():
-        raise TaskError(f"task {task.task_id}: an unindented demonstration needs exactly one single-line "
-                        f"str_replace that writes an indented line, found {len(edits)} str_replace calls")
+        raise TaskError(f"task {task.task_id}: an unindented demonstration needs a last str_replace that "
+                        f"writes one indented line, found {len(edits)} str_replace calls")
     out = list(calls)
-    out[edits[0]] = ToolCall("str_replace", {**calls[edits[0]].arguments, "new": new.lstrip()})
+    out[edits[-1]] = ToolCall("str_replace", {**calls[edits[-1]].arguments, "new": new.lstrip()})
     return out
+
+
+def retried_edit(task: Task, calls: list[ToolCall], rng: random.Random) -> list[ToolCall]:
+    """`calls` (a demonstration of `task`) with a missed ``str_replace`` before its one edit: the old
+    line misremembered one plausible edit away (:func:`plausible_wrong_lines`), chosen among those
+    that are nowhere in the file and whose closest line in it (what the tool shows on a miss,
+    :func:`envs.env.closest_lines`) is the real one, so the retry copies what the agent was shown.
+    Raises TaskError naming the task if there is no single-line edit or no such misremembering."""
+    edits = [i for i, call in enumerate(calls) if call.name == "str_replace"]
+    if len(edits) != 1 or "\n" in calls[edits[0]].arguments["old"]:
+        raise TaskError(f"task {task.task_id}: a retried demonstration needs exactly one single-line "
+                        f"str_replace, found {len(edits)}")
+    call = calls[edits[0]]
+    old, text = call.arguments["old"], task.files.get(call.arguments["path"], "")
+    misses: list[str] = []
+    # operator and literal slips first; the file's names only where the line has neither
+    for names in ((), tuple(identifiers(text))):
+        misses = misses or [line for line in plausible_wrong_lines(old, names)
+                            if line.strip() not in text and closest_lines(text, line) == old]
+    if not misses:
+        raise TaskError(f"task {task.task_id}: the line {old!r} has no misremembering that the tool's hint "
+                        f"would correct")
+    miss = ToolCall("str_replace", {**call.arguments, "old": rng.choice(misses)})
+    return calls[:edits[0]] + [miss] + calls[edits[0]:]

@@ -84,6 +84,10 @@ class SFTConfig:
     # independently of demo_accuracy) write it flush left, so the file no longer parses and the grade
     # fails, and are kept unfiltered: a weaker agent's edit habit that only the reward can correct.
     demo_indent_kept: float = 1.0
+    # The share of demonstrations (drawn independently) whose first edit misremembers the line, gets
+    # the tool's "not found, closest line" answer, and is made again with that line: the recovery a
+    # policy can use when its own recall of a line is off.
+    demo_retry: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.task_fraction <= 1.0:
@@ -92,6 +96,8 @@ class SFTConfig:
             raise ValueError(f"sft.demo_accuracy must be in [0, 1], got {self.demo_accuracy}")
         if not 0.0 <= self.demo_indent_kept <= 1.0:
             raise ValueError(f"sft.demo_indent_kept must be in [0, 1], got {self.demo_indent_kept}")
+        if not 0.0 <= self.demo_retry <= 1.0:
+            raise ValueError(f"sft.demo_retry must be in [0, 1], got {self.demo_retry}")
 
 
 @dataclass

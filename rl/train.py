@@ -25,7 +25,7 @@ from rl.learner import init_distributed
 from rl.learner_group import build_learner
 from rl.observe import RunLogger, run_summary
 from rl.orchestrator import RolloutCluster, TaskSampler, evaluate, rollout_metrics
-from rl.warm_start import build_default_policy, demo_trajectories, demonstrations, sft_warm_start, split_for_warm_start
+from rl.warm_start import build_default_policy, demo_trajectories, sft_demonstrations, sft_warm_start, split_for_warm_start
 from rollout.tokenizer import load_tokenizer
 
 register_configs()
@@ -45,7 +45,7 @@ def main(raw: DictConfig) -> None:
 
     # 1. The policy: a checkpoint to resume, a local model, or the default built from config + SFT warm start.
     resume = resolve_checkpoint(Path(cfg.resume)) if cfg.resume else None
-    demos = demonstrations(warm_tasks, cfg.env, accuracy=cfg.sft.demo_accuracy, indent_kept=cfg.sft.demo_indent_kept, seed=cfg.seed) if resume is None and (cfg.sft.enabled or not cfg.model.path) else []
+    demos = sft_demonstrations(warm_tasks, cfg.env, cfg.sft, cfg.seed) if resume is None and (cfg.sft.enabled or not cfg.model.path) else []
     policy_path = (resume / POLICY_HF if resume is not None else Path(cfg.model.path) if cfg.model.path
                    else build_default_policy(cfg.model, demos, run_dir / "base", cfg.seed))
     tokenizer = load_tokenizer(policy_path)

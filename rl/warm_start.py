@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from envs.solver import perturbed_solution, scripted_solution, unindented_edit
-from envs.tasks import Task
+from envs.solver import perturbed_solution, retried_edit, scripted_solution, unindented_edit
+from envs.tasks import Task, TaskError
 from envs.tools import ToolCall
 from rl.batch import collate
 from rl.config import AlgoConfig, DeepSpeedConfig, ModelConfig, SFTConfig
@@ -67,13 +67,21 @@ def split_for_warm_start(tasks: list[Task], fraction: float, seed: int) -> tuple
 
 
 def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | None = None,
-                  unindent: bool = False) -> Demonstration:
+                  unindent: bool = False, retry: random.Random | None = None) -> Demonstration:
     """Run the scripted solver on `task` in a real sandbox; the result must pass its grade.
 
     With `wrong_fix` (a seeded RNG) the solver writes a plausible wrong fix instead
     (:func:`envs.solver.perturbed_solution`); with `unindent` it writes its fix without the line's
-    indentation (:func:`envs.solver.unindented_edit`). Such a demonstration keeps whatever grade it gets."""
+    indentation (:func:`envs.solver.unindented_edit`). Such a demonstration keeps whatever grade it gets.
+    With `retry` (a seeded RNG) its first edit misses, the tool shows the closest line, and the edit is
+    made again with it (:func:`envs.solver.retried_edit`); a task whose line has no misremembering the
+    hint would correct (6 of the 588 built-in tasks) is demonstrated without the miss."""
     calls = scripted_solution(task) if wrong_fix is None else perturbed_solution(task, wrong_fix)
+    if retry is not None:
+        try:
+            calls = retried_edit(task, calls, retry)
+        except TaskError:
+            pass    # no plausible miss that the tool's hint would correct: the plain demonstration
     calls = unindented_edit(task, calls) if unindent else calls
     with make_env(task, env_cfg) as env:
         turns = [(call, env.step(call).observation) for call in calls]
@@ -91,17 +99,30 @@ def _seeded_share(count: int, share: float, salt: str) -> set[int]:
 
 
 def demonstrations(tasks: list[Task], env_cfg: EnvConfig, threads: int = 8, accuracy: float = 1.0,
-                   seed: int = 0, indent_kept: float = 1.0) -> list[Demonstration]:
+                   seed: int = 0, indent_kept: float = 1.0, retry: float = 0.0) -> list[Demonstration]:
     """Demonstrations for every task, in task order (sandboxes run in parallel threads).
 
     `accuracy` < 1 makes a noisy demonstrator: a seeded round((1 - accuracy) * len(tasks)) of the
     tasks get a plausible wrong fix; `indent_kept` < 1: a seeded round((1 - indent_kept) * len(tasks))
-    of them (drawn independently) write their fix without its indentation (see :func:`demonstration`)."""
+    of them (drawn independently) write their fix without its indentation; `retry` > 0: a seeded
+    round(retry * len(tasks)) of them (drawn independently) miss their first edit and retry it from
+    the tool's hint (see :func:`demonstration`)."""
     wrong = _seeded_share(len(tasks), 1.0 - accuracy, f"{seed}-noisy-demonstrator")
     flat = _seeded_share(len(tasks), 1.0 - indent_kept, f"{seed}-unindented-demonstrator")
+    retried = _seeded_share(len(tasks), retry, f"{seed}-retrying-demonstrator")
     rngs = [random.Random(f"{seed}-{task.task_id}") if i in wrong else None for i, task in enumerate(tasks)]
+    retry_rngs = [random.Random(f"{seed}-retry-{task.task_id}") if i in retried else None
+                  for i, task in enumerate(tasks)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda i: demonstration(tasks[i], env_cfg, rngs[i], i in flat), range(len(tasks))))
+        return list(pool.map(lambda i: demonstration(tasks[i], env_cfg, rngs[i], i in flat, retry_rngs[i]),
+                             range(len(tasks))))
+
+
+def sft_demonstrations(tasks: list[Task], env_cfg: EnvConfig, sft: SFTConfig, seed: int) -> list[Demonstration]:
+    """The warm start's demonstrations in the demonstrator's style that `sft` describes
+    (``demo_accuracy``, ``demo_indent_kept``, ``demo_retry``)."""
+    return demonstrations(tasks, env_cfg, accuracy=sft.demo_accuracy, seed=seed, indent_kept=sft.demo_indent_kept,
+                          retry=sft.demo_retry)
 
 
 def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajectory:

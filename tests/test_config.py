@@ -50,6 +50,7 @@ def test_bad_choice_is_named():
 
 @pytest.mark.parametrize("override, key", [("sft.demo_accuracy=1.5", "sft.demo_accuracy"),
                                            ("sft.demo_indent_kept=-0.1", "sft.demo_indent_kept"),
+                                           ("sft.demo_retry=1.5", "sft.demo_retry"),
                                            ("sft.task_fraction=0", "sft.task_fraction"),
                                            ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
                                            ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])

@@ -9,7 +9,8 @@ from functools import partial
 
 import pytest
 
-from envs.solver import identifiers, perturbed_solution, plausible_wrong_lines, scripted_solution, unindented_edit
+from envs.solver import (identifiers, perturbed_solution, plausible_wrong_lines, retried_edit, scripted_solution,
+                         unindented_edit)
 from envs.suite import builtin_suite
 from envs.tasks import TaskError
 from envs.tools import ToolCall
@@ -127,7 +128,7 @@ def test_unindented_edit_keeps_the_fix_and_drops_only_its_indentation():
         assert flat[1].arguments["new"] == right[1].arguments["new"].lstrip() != right[1].arguments["new"]
     task = TASKS[0]
     top_level = [ToolCall("str_replace", {"path": "x.py", "old": "A = 1", "new": "A = 2"}), ToolCall("submit", {})]
-    with pytest.raises(TaskError, match=f"{task.task_id}.*writes an indented line"):
+    with pytest.raises(TaskError, match=f"{task.task_id}.*writes one indented line"):
         unindented_edit(task, top_level)
 
 
@@ -142,6 +143,37 @@ def test_unindented_demonstrations_apply_their_edit_and_fail_their_grade(tokeniz
     assert all(d.passed for d in mixed if d not in flat)
     both = demonstrations(tasks, EnvConfig(), threads=2, accuracy=0.5, indent_kept=0.5, seed=3)
     assert sum(d.passed for d in both) < 6                          # the two habits are drawn independently
+
+
+def test_retried_edit_misses_with_a_line_the_hint_corrects():
+    retriable = 0
+    for task in builtin_suite(0):
+        right = scripted_solution(task)
+        try:
+            calls = retried_edit(task, right, random.Random(0))
+        except TaskError as exc:
+            assert task.task_id in str(exc)
+            continue
+        retriable += 1
+        miss, edit = calls[1].arguments, right[1].arguments
+        assert calls[0] == right[0] and calls[2:] == right[1:]
+        assert miss["new"] == edit["new"] and miss["old"] != edit["old"]
+        assert miss["old"].strip() not in task.files[miss["path"]]
+    assert retriable >= 580                       # 582 of 588: a few `return x` lines have no correctable slip
+
+
+def test_retrying_demonstrations_recover_from_the_hint_and_pass():
+    tasks = [t for t in builtin_suite(0) if t.split == "train"][::25][:12]
+    demos = demonstrations(tasks, EnvConfig(), threads=2, retry=0.5, seed=3)
+    retried = [d for d in demos if len(d.turns) == 4]
+    assert len(retried) == 6 and all(d.passed for d in demos)          # round(0.5 * 12), drawn with the seed
+    for demo in retried:
+        (miss, missed), (edit, edited) = demo.turns[1], demo.turns[2]
+        assert missed.startswith("Error: old string not found") and missed.rstrip().endswith(edit.arguments["old"])
+        assert edited.startswith("Edited") and edit == demo.task.solution[1]
+    flat = demonstrations(tasks, EnvConfig(), threads=2, retry=0.5, indent_kept=0.0, seed=3)
+    assert not any(d.passed for d in flat)            # the retried edit is the one written flush left
+    assert [len(d.turns) for d in flat] == [len(d.turns) for d in demos]
 
 
 def test_noisy_demonstrator_gets_its_share_wrong_and_keeps_them_unfiltered(tokenizer):
