@@ -18,8 +18,8 @@ import torch
 from opd.advantages import distillation_advantages, sampled_reverse_kl, task_advantage, teacher_tensor, teacher_top_k
 from opd.config import OPDConfig
 from opd.teacher import Scored
-from rl.batch import collate, mini_batch_rows, trainable
-from rl.learner import PolicyLearner, mean_metrics
+from rl.batch import collate, trainable
+from rl.learner import PolicyLearner, mean_metrics, policy_mini_batches
 
 
 class OPDLearner:
@@ -39,8 +39,7 @@ class OPDLearner:
                     if self.opd.task_coef else None)
         top_k = ((*teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k), self.opd.forward_kl_coef)
                  if self.opd.forward_kl_coef else None)
-        slices = [(rows, batch.rows(rows)) for rows in mini_batch_rows(batch.input_ids.shape[0],
-                                                                        self.policy.algo.policy_mini_batches)]
+        slices = [(rows, batch.rows(rows)) for rows in policy_mini_batches(batch, self.policy.algo.policy_mini_batches)]
         steps = []
         for update in range(self.policy.algo.policy_updates):
             student = self.policy.logprobs(batch) * batch.action_mask

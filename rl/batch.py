@@ -30,6 +30,7 @@ class SampleBatch:
     segment_index: torch.Tensor      # [B] long, position of the segment in its rollout
     rollout_action_tokens: torch.Tensor  # [B] action tokens of the whole rollout (L)
     oldest_version: torch.Tensor     # [B] long
+    sample_index: torch.Tensor       # [B] long, the sample's row in the collated batch (shards and slices keep it)
 
     @property
     def num_action_tokens(self) -> float:
@@ -39,15 +40,17 @@ class SampleBatch:
         """The batch on `device` (the learner's): collate builds it on the CPU."""
         return SampleBatch(*(t.to(device) for t in (
             self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
-            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version)))
+            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version,
+            self.sample_index)))
 
     def rows(self, idx: list[int]) -> "SampleBatch":
-        """A micro-batch: the given rows, trimmed to their longest sequence."""
-        sel = torch.tensor(idx, dtype=torch.long)
-        length = int(self.attention_mask[sel].sum(-1).max())
+        """A micro-batch: the given rows, trimmed to their longest sequence (no rows: an empty batch)."""
+        sel = torch.tensor(idx, dtype=torch.long, device=self.input_ids.device)
+        length = int(self.attention_mask[sel].sum(-1).max()) if idx else 0
         return SampleBatch(*(t[sel][:, :length] if t.dim() == 2 else t[sel] for t in (
             self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
-            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version)))
+            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version,
+            self.sample_index)))
 
 
 def trainable(trajectories: list[Trajectory]) -> list[Trajectory]:
@@ -80,6 +83,7 @@ def collate(trajectories: list[Trajectory], pad_token_id: int) -> SampleBatch:
         rollout_action_tokens=torch.tensor([t.num_action_tokens for _, _, t in segs], dtype=torch.float),
         oldest_version=torch.tensor([s.oldest_version() if s.oldest_version() is not None else -1
                                      for _, s, _ in segs], dtype=torch.long),
+        sample_index=torch.arange(n),
     )
 
 
@@ -118,14 +122,17 @@ def unpack(mb: SampleBatch, packed: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def mini_batch_rows(rows: int, mini_batches: int) -> list[list[int]]:
-    """PPO mini-batches: rows i, i + k, i + 2k, ... for i < k = `mini_batches` (one optimiser step each).
-    Interleaved, so each holds episodes from the whole collection order. Every one must be non-empty:
-    a rank's shard with fewer rows than mini-batches is an error naming the setting."""
-    if mini_batches < 1 or rows < mini_batches:
-        raise ValueError(f"algo.policy_mini_batches={mini_batches} needs at least that many samples per learner "
-                         f"rank, got {rows}: lower it or raise rollout.episodes_per_step")
-    return [list(range(i, rows, mini_batches)) for i in range(mini_batches)]
+def mini_batch_rows(sample_index: torch.Tensor, mini_batches: int) -> list[list[int]]:
+    """PPO mini-batches (one optimiser step each): mini-batch i < k = `mini_batches` holds the samples
+    collated as rows i, i + k, i + 2k, ... of the global batch (`SampleBatch.sample_index`), so each
+    holds episodes from the whole collection order, and data-parallel ranks, each with its shard,
+    step on the same global mini-batches as one rank with the whole batch. Returns this batch's
+    (or shard's) row positions per mini-batch; a shard may hold none of a mini-batch (it then takes
+    part in that step with zero gradient)."""
+    if mini_batches < 1:
+        raise ValueError(f"algo.policy_mini_batches must be >= 1, got {mini_batches}")
+    which = (sample_index % mini_batches).tolist()
+    return [[row for row, m in enumerate(which) if m == i] for i in range(mini_batches)]
 
 
 def micro_batches(batch: SampleBatch, token_budget: int) -> list[list[int]]:

@@ -73,7 +73,8 @@ def bench_learner(batch: int, seq_len: int, min_seq_len: int, micro_batch_tokens
     act = attn.float()
     act[:, 0] = 0.0
     sample = SampleBatch(ids, attn, act, -act * 7.6, torch.ones(batch), torch.arange(batch),
-                         torch.zeros(batch, dtype=torch.long), act.sum(-1), torch.zeros(batch, dtype=torch.long))
+                         torch.zeros(batch, dtype=torch.long), act.sum(-1), torch.zeros(batch, dtype=torch.long),
+                         torch.arange(batch))
     real = int(lengths.sum())
     result = {"batch": batch, "seq_len": seq_len, "min_seq_len": min_seq_len, "micro_batch_tokens": micro_batch_tokens,
               "real_tokens": real, "steps": steps, "hidden": hidden, "layers": layers, "threads": threads}
@@ -378,7 +379,8 @@ def bench_gpu(batches: list[int], prompt_len: int, new_tokens: int, train_batch:
         batch = SampleBatch(ids, ones.long(), action, torch.zeros_like(action), torch.ones(train_batch, device=device),
                             torch.arange(train_batch, device=device),
                             torch.zeros(train_batch, dtype=torch.long, device=device), action.sum(-1),
-                            torch.zeros(train_batch, dtype=torch.long, device=device))
+                            torch.zeros(train_batch, dtype=torch.long, device=device),
+                            torch.arange(train_batch, device=device))
         batch.behavior_logprobs = learner.logprobs(batch)  # on-policy: the DIS ratio is 1, nothing masked
         advantages = torch.randn(train_batch, train_seq_len, generator=rng).to(device) * action
         torch.cuda.reset_peak_memory_stats(device)

@@ -132,6 +132,16 @@ def global_action_tokens(batch: SampleBatch) -> float:
     return float(dp_all_reduce(batch.action_mask.sum().double()))
 
 
+def policy_mini_batches(batch: SampleBatch, mini_batches: int) -> list[list[int]]:
+    """This rank's rows of each PPO mini-batch (:func:`rl.batch.mini_batch_rows`); the global batch
+    (all ranks' shards) must fill every mini-batch."""
+    total = int(dp_all_reduce(torch.tensor(batch.input_ids.shape[0], device=batch.input_ids.device)))
+    if total < mini_batches:
+        raise ValueError(f"algo.policy_mini_batches={mini_batches} needs at least that many samples per step, "
+                         f"got {total}: lower it or raise rollout.episodes_per_step")
+    return mini_batch_rows(batch.sample_index, mini_batches)
+
+
 def mean_metrics(steps: list[dict]) -> dict:
     """One learner step's metrics from its optimiser steps (epochs x mini-batches): the mean of each."""
     return {key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}
@@ -149,9 +159,10 @@ def dp_micro_batches(batch: SampleBatch, algo: AlgoConfig) -> tuple[list[list[in
 
 
 def idle_pass(engine, batch: SampleBatch) -> torch.Tensor:
-    """A forward over two tokens of `batch`, times 0: a rank with no micro-batch left takes part in
-    the collectives without changing any gradient."""
-    out = engine(input_ids=batch.input_ids[:1, :2], attention_mask=batch.attention_mask[:1, :2]).logits
+    """A forward over two tokens, times 0: a rank with no micro-batch left (or an empty shard of a
+    mini-batch) takes part in the collectives without changing any gradient."""
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=batch.input_ids.device)
+    out = engine(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits
     return out.float().sum() * 0.0
 
 
@@ -471,7 +482,7 @@ class PPOLearner:
         if self.steps_done >= self.algo.critic_warmup_steps:
             old = self.policy.logprobs(batch) if self.algo.policy_loss == "ppo_clip" else None
             slices = [(batch.rows(rows), adv.advantages[rows], None if old is None else old[rows])
-                      for rows in mini_batch_rows(batch.input_ids.shape[0], self.algo.policy_mini_batches)]
+                      for rows in policy_mini_batches(batch, self.algo.policy_mini_batches)]
             steps = [self.policy.ppo_step(*piece) for _ in range(self.algo.policy_updates) for piece in slices]
             metrics |= mean_metrics(steps)
         self.steps_done += 1

@@ -8,7 +8,8 @@ import torch
 
 from rl.batch import collate, micro_batches, mini_batch_rows, pack, packed_micro_batches, trainable, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
-from rl.learner import CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed, token_logprobs
+from rl.learner import (CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed,
+                        policy_mini_batches, token_logprobs)
 from rollout.trajectory import Segment, Status, Trajectory
 from tiny_models import save_tiny_qwen2
 
@@ -249,9 +250,11 @@ def test_mini_batches_are_interleaved_optimiser_steps_of_the_whole_batchs_advant
     """algo.policy_mini_batches = 2: train_step takes one policy step on rows 0, 2, 4, ... and then one on
     rows 1, 3, 5, ..., with the advantages computed once over the whole batch (so whitening and GAE
     see every sample); the same two ppo_step calls by hand give the same weights."""
-    assert mini_batch_rows(5, 2) == [[0, 2, 4], [1, 3]]
+    assert mini_batch_rows(torch.arange(5), 2) == [[0, 2, 4], [1, 3]]
+    # a data-parallel shard (samples 1, 2, 5, 6 of the collated batch) keeps the global assignment
+    assert mini_batch_rows(torch.tensor([1, 2, 5, 6]), 4) == [[], [0, 2], [1, 3], []]
     with pytest.raises(ValueError, match="algo.policy_mini_batches=4 .* got 3"):
-        mini_batch_rows(3, 4)
+        policy_mini_batches(collate(make_trajectories(3, 17), pad_token_id=0), 4)
     algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, micro_batch_tokens=64, policy_mini_batches=2)
     ds = DeepSpeedConfig(zero_stage=0)
     batch = collate(make_trajectories(12, 17), pad_token_id=0)

@@ -57,8 +57,9 @@ def trajectories(n: int, seed: int) -> list[Trajectory]:
     return out
 
 
-def spec(model_dir, zero_stage: int, offload: bool = False) -> LearnerSpec:
-    algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, critic_lr=1e-2, micro_batch_tokens=48, weight_decay=0.0)
+def spec(model_dir, zero_stage: int, offload: bool = False, mini_batches: int = 1) -> LearnerSpec:
+    algo = AlgoConfig(critic_warmup_steps=0, policy_lr=1e-2, critic_lr=1e-2, micro_batch_tokens=48, weight_decay=0.0,
+                      policy_mini_batches=mini_batches)
     ds = DeepSpeedConfig(zero_stage=zero_stage, offload_optimizer=offload, offload_params=offload)
     return LearnerSpec(str(model_dir), None, algo, ds, 1.0, 1, 0)
 
@@ -126,6 +127,29 @@ def test_two_ranks_make_the_single_rank_update(model_dir, local_ray, zero_stage,
         assert fresh_sampler.state() == sampler.state()
         resumed = group.state_dict()
         assert all(torch.equal(resumed[k], after_group[k]) for k in after_group)
+    finally:
+        group.shutdown()
+
+
+def test_two_ranks_step_on_the_single_ranks_mini_batches_even_with_a_shard_short_of_them(model_dir, local_ray):
+    """algo.policy_mini_batches = 10 over 18 samples: mini-batch i is samples i, i + 10 of the collated
+    batch whichever rank holds them, so each rank's shard (9 samples) lacks one of them and takes part
+    in that optimiser step with zero gradient; the 10 steps give the single rank's weights."""
+    batch = batch_for(model_dir)
+    assert batch.input_ids.shape[0] == 18
+    assert min(s.input_ids.shape[0] for s in shard_by_rollout(batch, 2)) < 10
+    local = LocalLearner(spec(model_dir, 0, mini_batches=10))
+    group = LearnerGroup(spec(model_dir, 0, mini_batches=10), world_size=2)
+    try:
+        before = local.state_dict()
+        m_local, m_group = local.train_step(batch), group.train_step(batch)
+        after_local, after_group = local.state_dict(), group.state_dict()
+        assert max(float((after_local[k] - before[k]).abs().max()) for k in before) > 1e-3
+        for k in after_local:   # a key bias has no gradient but float noise, which ten Adam steps scale up to ~2e-5
+            atol = 1e-4 if k.endswith("k_proj.bias") else 1e-5
+            assert torch.allclose(after_group[k], after_local[k], atol=atol, rtol=1e-4), k
+        for key in ("policy/loss", "policy/entropy", "train/samples"):
+            assert m_group[key] == pytest.approx(m_local[key], rel=1e-4, abs=1e-6), key
     finally:
         group.shutdown()
 
