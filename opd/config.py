@@ -19,6 +19,7 @@ from antihack.guard import GuardConfig
 from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, EvalConfig, LoggingConfig, check_choices,
                        RolloutConfig, SamplingConfig, SuiteConfig, TrainConfig)
 from rollout.agent import AgentConfig
+from rollout.sglang_engine import SGLangConfig
 from rollout.worker import EnvConfig
 
 
@@ -37,6 +38,10 @@ class ModelSource:
 class ExpertConfig(ModelSource):
     name: str = ""
     domain: str = ""
+    # opd.teacher_engine=sglang: servers already serving this expert (empty: launch one from
+    # `checkpoint` with opd.teacher_sglang's settings, on `gpu_ids` if given, tp_size of them)
+    urls: list[str] = field(default_factory=list)
+    gpu_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -58,7 +63,9 @@ class OPDConfig:
     task_coef: float = 0.0           # weight of the task advantage R − mean(R) (0 = pure distillation)
     forward_kl_coef: float = 0.0     # + coef · forward KL to the expert's top-k on the student's states (GKD β=0)
     forward_kl_top_k: int = 8        # tokens per position the experts return for it
-    teacher_threads: int = 1         # torch threads of each teacher engine actor
+    teacher_threads: int = 1         # torch threads of each teacher engine actor (hf)
+    teacher_engine: str = "hf"       # hf: transformers in a Ray actor | sglang: prefill-only /generate on SGLang servers
+    teacher_sglang: SGLangConfig = field(default_factory=SGLangConfig)   # the launch/client settings of sglang teachers
     eval_samples_per_task: int = 4   # held-out episodes per task for before / after / expert
     eval_max_tasks: int = 0          # held-out tasks per domain (the first N; 0 = all)
     save_every: int = 0              # also write the student (save_pretrained) every N steps (0 = at the end only)
@@ -86,7 +93,8 @@ class DistillConfig:
 
 
 CHOICES = {
-    "engine.type": ("hf",),          # teachers score with the hf engine; SGLang prefill scoring is not wired yet
+    "engine.type": ("hf",),          # the student's engine (the SGLang student would need DistillConfig.sglang)
+    "opd.teacher_engine": ("hf", "sglang"),
     "orchestrator": ("sync", "async"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "agent.compaction": ("none", "summary", "rule"),
@@ -120,6 +128,17 @@ def check_opd(opd: OPDConfig) -> None:
             raise ValueError(f"opd expert {e.name!r} serves domain {e.domain!r}, which is not in opd.domains {domains}")
         if not e.checkpoint:
             raise ValueError(f"opd expert {e.name!r} has no checkpoint path")
+        if (e.urls or e.gpu_ids) and opd.teacher_engine != "sglang":
+            raise ValueError(f"opd expert {e.name!r} sets urls/gpu_ids, which are for opd.teacher_engine=sglang "
+                             f"(got {opd.teacher_engine!r})")
+        if e.urls and e.gpu_ids:
+            raise ValueError(f"opd expert {e.name!r}: urls name running servers, gpu_ids place a launched one; not both")
+        if e.urls and len(e.urls) != opd.teacher_sglang.num_engines:
+            raise ValueError(f"opd expert {e.name!r} lists {len(e.urls)} urls but opd.teacher_sglang.num_engines is "
+                             f"{opd.teacher_sglang.num_engines}")
+        if e.gpu_ids and len(e.gpu_ids) != opd.teacher_sglang.num_engines * opd.teacher_sglang.tp_size:
+            raise ValueError(f"opd expert {e.name!r} lists {len(e.gpu_ids)} gpu_ids; its servers need num_engines x "
+                             f"tp_size = {opd.teacher_sglang.num_engines * opd.teacher_sglang.tp_size}")
     served = [e.domain for e in opd.experts]
     if sorted(served) != sorted(domains):
         raise ValueError(f"opd: every domain needs exactly one expert (domains {domains}, experts serve {served})")
@@ -141,6 +160,10 @@ def to_distill_config(cfg: DictConfig) -> DistillConfig:
     typed: DistillConfig = OmegaConf.to_object(cfg)
     check_choices(OmegaConf.structured(typed), CHOICES)
     check_opd(typed.opd)
+    if typed.opd.teacher_engine == "sglang" and typed.sampling.temperature != 1.0:
+        raise ValueError(f"opd.teacher_engine=sglang scores at temperature 1 only (SGLang's prompt log-probs are "
+                         f"taken before any temperature), but sampling.temperature={typed.sampling.temperature}: "
+                         f"set sampling.temperature=1.0 or opd.teacher_engine=hf")
     rollout_config(typed)   # the training schema's own checks (e.g. mini-batches vs episodes), before any model is trained
     return typed
 

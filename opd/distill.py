@@ -76,7 +76,8 @@ def main(raw: DictConfig) -> None:
     router = Router(cfg.opd.domains, cfg.opd.experts)
     teachers = TeacherPool(cfg.opd.experts, router, tokenizer.pad_token_id, cfg.sampling.temperature, cfg.seed,
                            cfg.opd.teacher_threads, cfg.engine.max_batch, cfg.engine.batch_wait_s,
-                           cfg.opd.forward_kl_top_k if cfg.opd.forward_kl_coef else 0)
+                           cfg.opd.forward_kl_top_k if cfg.opd.forward_kl_coef else 0,
+                           cfg.opd.teacher_engine, cfg.opd.teacher_sglang)
     samples = cfg.opd.eval_samples_per_task
     before = evaluate_domains(cluster, heldout, samples, "before", teachers)
     expert_scores = {}

@@ -13,6 +13,7 @@ domain has exactly one expert, and a trajectory is scored by that expert only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from transformers import AutoConfig
 from envs.tasks import Task
 from opd.config import DomainConfig, ExpertConfig
 from rollout.hf_engine import HFEngineActor
+from rollout.sglang_engine import SGLangConfig, SGLangEngine
 from rollout.tokenizer import load_tokenizer
 from rollout.trajectory import Trajectory
 
@@ -132,17 +134,29 @@ class TeacherPool:
     returns at once with a Ray reference to the log-probs, so scoring runs while students generate."""
 
     def __init__(self, experts: list[ExpertConfig], router: Router, pad_token_id: int, temperature: float,
-                 seed: int, threads: int, max_batch: int, batch_wait_s: float, top_k: int = 0) -> None:
+                 seed: int, threads: int, max_batch: int, batch_wait_s: float, top_k: int = 0,
+                 engine: str = "hf", sglang: SGLangConfig | None = None) -> None:
         """`top_k` > 0: the experts also return their `top_k` most likely tokens at every position
-        (for ``opd.forward_kl_coef``)."""
-        self.router, self.temperature, self.top_k = router, temperature, top_k
+        (for ``opd.forward_kl_coef``). `engine` = "hf": each expert in a transformers engine actor;
+        "sglang": each expert on its SGLang servers (`sglang` the shared settings; the expert's
+        ``urls`` or its checkpoint launched on its ``gpu_ids``), scoring by prefill-only ``/generate``."""
+        self.router, self.temperature, self.top_k, self.kind = router, temperature, top_k, engine
         self.paths = {e.name: e.checkpoint for e in experts}
-        self.actors = {
-            e.name: ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
-                e.checkpoint, pad_token_id, seed, threads, max_batch, batch_wait_s)
-            for e in experts
-        }
-        ray.get([a.weight_version.remote() for a in self.actors.values()])  # surface load errors here, naming the path
+        if engine == "sglang":
+            template = sglang if sglang is not None else SGLangConfig()
+            self.actors = {e.name: ray.remote(SGLangEngine).options(num_cpus=0, max_concurrency=10_000).remote(
+                dataclasses.replace(template, model_path=e.checkpoint, urls=list(e.urls))) for e in experts}
+            ray.get([self.actors[e.name].start.remote(_gpu_groups(e.gpu_ids, template) if e.gpu_ids else None)
+                     for e in experts])    # connection, launch and version errors surface here, per expert
+        elif engine == "hf":
+            self.actors = {
+                e.name: ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
+                    e.checkpoint, pad_token_id, seed, threads, max_batch, batch_wait_s)
+                for e in experts
+            }
+            ray.get([a.weight_version.remote() for a in self.actors.values()])  # load errors here, naming the path
+        else:
+            raise ValueError(f"opd.teacher_engine must be hf or sglang (got {engine!r})")
 
     def submit(self, task: Task, trajectory: Trajectory) -> tuple[str, str, ray.ObjectRef]:
         """(domain, expert, ref to the per-segment scores) for one trajectory of `task`: the expert's
@@ -165,4 +179,11 @@ class TeacherPool:
 
     def shutdown(self) -> None:
         for actor in self.actors.values():
+            if self.kind == "sglang":     # stop the servers it launched, close its session
+                ray.get(actor.close.remote())
             ray.kill(actor)
+
+
+def _gpu_groups(gpu_ids: list[int], cfg: SGLangConfig) -> list[list[int]]:
+    """An expert's GPU ids as one list of `tp_size` per server (what ``SGLangEngine.start`` takes)."""
+    return [gpu_ids[i * cfg.tp_size:(i + 1) * cfg.tp_size] for i in range(cfg.num_engines)]

@@ -21,6 +21,12 @@ shapes of SGLang **0.5.23**, read from that release's source (wheel ``sglang==0.
   ``python/sglang/srt/utils/weight_versions.py``: the response (``output_ids``, ``meta_info``
   with ``id``, ``finish_reason``, ``output_token_logprobs`` as ``[logprob, token_id, null]``,
   ``weight_version`` and the per-token ``weight_versions`` spans ``{version, start, end}``).
+* ``python/sglang/srt/managers/scheduler.py``, ``.../scheduler_components/logprob_result_processor.py``
+  and ``python/sglang/srt/layers/logprob_processor.py``: prompt log-probs for prefill-only scoring
+  (``max_new_tokens: 0``, ``return_logprob``, ``logprob_start_len``, ``top_logprobs_num``):
+  ``input_token_logprobs`` from ``logprob_start_len`` on with the first entry's log-prob ``null``,
+  ``input_top_logprobs`` likewise (first row ``null``), log_softmax of the raw logits (no
+  temperature); a ``logprob_start_len`` past the prompt is refused.
 * ``python/sglang/srt/managers/schedule_batch.py``: finish reasons (``{"type": "stop",
   "matched": id-or-str}``, ``{"type": "length", "length": n}``, ``{"type": "abort", ...}``).
 * ``python/sglang/srt/managers/scheduler_components/weight_updater.py``: distributed and tensor
@@ -42,7 +48,8 @@ task, one token per step, with a full forward per step (no KV cache, no batching
 Test controls (not SGLang): it records the order of the control calls (``calls``, or
 ``GET /_double/calls``), answers ``/flush_cache`` with "busy" N more times
 (:meth:`SGLangDouble.answer_flush_busy`, ``POST /_double/flush_busy``), can sleep per token
-(``token_delay_s``) so tests can pause or abort mid-generation, reports any SGLang version
+(``token_delay_s``) so tests can pause or abort mid-generation, keeps the ``input_ids`` of every
+``/generate`` (``prompts``), reports any SGLang version
 (``--double-sglang-version``) and can die and be restarted (:meth:`SGLangDouble.stop` /
 :meth:`SGLangDouble.start` in a thread, or killing the process started by
 ``python -m rollout.sglang_double``, which takes SGLang's launch flags and exits with argparse's
@@ -51,7 +58,8 @@ names (SGLang's ``load_weights`` maps them onto fused layers; the double loads t
 
 Simplifications: no streaming, no batched ``input_ids``, no radix cache (``/flush_cache`` only
 checks for running requests), text and stop strings only when the model directory has a
-tokenizer (otherwise it behaves as ``--skip-tokenizer-init``), and it joins a weight-update group
+tokenizer (otherwise it behaves as ``--skip-tokenizer-init``), top log-probs of prompt positions
+only (``output_top_logprobs`` stays empty), and it joins a weight-update group
 as a single TP rank. :class:`RouterDouble` stands in for ``sglang_router`` (``/health`` and
 round-robin ``/generate``).
 """
@@ -100,6 +108,8 @@ class _Request:
     prompt: list[int]
     sampling: dict
     return_logprob: bool = False
+    logprob_start_len: int = -1      # input positions to return log-probs from (-1: none)
+    top_logprobs_num: int = 0
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     version_events: list[tuple[str, int]] = field(default_factory=list)  # (old version, tokens so far)
@@ -216,6 +226,7 @@ class SGLangDouble(_ThreadedApp):
         self.call_bodies: list[tuple[str, dict]] = []  # weight-update calls with their bodies (payloads elided)
         self.flush_busy_remaining = 0
         self.max_running = 0                # the most requests generating at once
+        self.prompts: list[list[int]] = []  # input_ids of every /generate taken, in order
         self._load_model()
 
     def _load_model(self) -> None:
@@ -332,6 +343,7 @@ class SGLangDouble(_ThreadedApp):
         except _BadRequest as exc:
             return web.json_response({"error": str(exc) if exc.contract else {"message": str(exc)}}, status=400)
         self.requests[req.rid] = req
+        self.prompts.append(list(req.prompt))
         try:
             async with self._pause_changed:  # requests that arrive while paused wait (tokenizer manager)
                 await self._pause_changed.wait_for(lambda: not self.is_pause or req.abort_message is not None)
@@ -370,6 +382,8 @@ class SGLangDouble(_ThreadedApp):
             top_k = -1
         if top_k < 1 and top_k != -1:  # python/sglang/srt/sampling/sampling_params.py: verify()
             raise _BadRequest(f"top_k must be -1 (disable) or at least 1, got {top_k}.")
+        if sp["max_new_tokens"] is not None and sp["max_new_tokens"] < 0:   # sampling_params.py: verify()
+            raise _BadRequest(f"max_new_tokens must be at least 0, got {sp['max_new_tokens']}.")
         if not 0.0 < sp["top_p"] <= 1.0:
             raise _BadRequest(f"top_p must be in (0, 1], got {sp['top_p']}.")
         if sp["temperature"] < 0:
@@ -385,7 +399,14 @@ class SGLangDouble(_ThreadedApp):
         rid = body.get("rid") or uuid.uuid4().hex
         if rid in self.requests:
             raise _BadRequest(f"Duplicate request ID detected: {rid}")
-        return _Request(rid=rid, prompt=list(ids), sampling=sp, return_logprob=bool(body.get("return_logprob")))
+        return_logprob = bool(body.get("return_logprob"))
+        start = body.get("logprob_start_len")
+        start = -1 if start is None or not return_logprob else int(start)   # scheduler.py: ignored without logprobs
+        if start > len(ids):   # scheduler.py aborts the request with this message
+            raise _BadRequest(f"req.logprob_start_len={start} is higher than the number of input tokens "
+                              f"len(req.origin_input_ids)={len(ids)}. Please use a smaller logprob_start_len.")
+        return _Request(rid=rid, prompt=list(ids), sampling=sp, return_logprob=return_logprob,
+                        logprob_start_len=start, top_logprobs_num=int(body.get("top_logprobs_num") or 0))
 
     async def _run(self, req: _Request) -> dict:
         sp = req.sampling
@@ -432,6 +453,24 @@ class SGLangDouble(_ThreadedApp):
         token = int(torch.multinomial(probs / probs.sum(), 1, generator=self.generator))
         return token, float(logprobs[token])
 
+    @torch.no_grad()
+    def _input_logprobs(self, req: _Request) -> tuple[list, list]:
+        """``input_token_logprobs`` and ``input_top_logprobs`` of the prompt from ``logprob_start_len``
+        on, as SGLang 0.5.23 builds them (logprob_result_processor.py: the first entry's log-prob is
+        None and the last position's, the next token's, is dropped; logprob_processor.py: log_softmax
+        of the logits with no temperature): ``[[lp, id, None], ...]`` and ``[None, [[lp, id, None] x k], ...]``."""
+        start, ids = req.logprob_start_len, req.prompt
+        if start < 0 or start >= len(ids):
+            return [], []
+        logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        own = [None] + [float(logp[i - 1, ids[i]]) for i in range(start + 1, len(ids))]
+        entries = [[lp, t, None] for lp, t in zip(own, ids[start:])]
+        if req.top_logprobs_num <= 0:
+            return entries, []
+        values, index = logp[start: len(ids) - 1].topk(req.top_logprobs_num, dim=-1)
+        top = [None] + [[[float(v), int(i), None] for v, i in zip(vs, ix)] for vs, ix in zip(values, index)]
+        return entries, top
+
     def _response(self, req: _Request, finish: dict) -> dict:
         n = len(req.output_ids)
         spans = compute_weight_version_spans(req.version_events, self.weight_version, n)
@@ -445,7 +484,10 @@ class SGLangDouble(_ThreadedApp):
             "e2e_latency": time.monotonic() - req.created,
         }
         if req.return_logprob:
-            meta["input_token_logprobs"] = []
+            meta["input_token_logprobs"], top = self._input_logprobs(req)
+            if req.top_logprobs_num > 0:
+                meta["input_top_logprobs"] = top
+                meta["output_top_logprobs"] = []   # (the double returns top log-probs of input positions only)
             meta["output_token_logprobs"] = [[lp, t, None] for lp, t in zip(req.logprobs, req.output_ids)]
             meta["output_token_logprobs_length"] = n
         out: dict = {"output_ids": list(req.output_ids), "meta_info": meta}

@@ -278,6 +278,30 @@ def parse_generate_response(body: Any, where: str) -> GenerateOutput:
                           weight_versions=expand_weight_versions(meta, len(ids), where))
 
 
+def parse_score_response(body: Any, where: str, sequence: list[int],
+                         k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
+    """A prefill-only ``/generate`` body (``logprob_start_len: 0``) as (own log-probs, top ids, top
+    log-probs) of `sequence`, position 0 scored 0 (SGLang returns null there); the scored token ids
+    must be `sequence`'s, unchanged."""
+    try:
+        meta = body["meta_info"]
+        pairs = meta["input_token_logprobs"]
+        top = meta["input_top_logprobs"] if k else []
+    except (KeyError, TypeError) as exc:
+        raise SGLangRequestError(f"{where} returned a prefill-only /generate body without {exc}") from None
+    if len(pairs) != len(sequence) or any(int(p[1]) != t for p, t in zip(pairs, sequence)):
+        raise SGLangRequestError(f"{where} scored {len(pairs)} tokens {[p[1] for p in pairs][:8]}... that are not "
+                                 f"the {len(sequence)} ids sent {sequence[:8]}...")
+    own = [0.0] + [float(p[0]) for p in pairs[1:]]
+    if not k:
+        return own, [], []
+    if len(top) != len(sequence) or any(row is None or len(row) != k for row in top[1:]):
+        raise SGLangRequestError(f"{where} returned input_top_logprobs of {len(top)} rows for {len(sequence)} "
+                                 f"tokens, or rows without {k} entries")
+    return (own, [[0] * k] + [[int(e[1]) for e in row] for row in top[1:]],
+            [[0.0] * k] + [[float(e[0]) for e in row] for row in top[1:]])
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -548,14 +572,22 @@ class SGLangEngine:
                        stop: Sequence[str] = ()) -> GenerateOutput:
         """Sample a continuation of `prompt_ids`. `rid` names the request for :meth:`abort`;
         `stop` adds stop strings (checked on the detokenised text by the server)."""
+        self._check_serving()
+        payload = {"rid": rid or uuid.uuid4().hex, "input_ids": list(prompt_ids), "return_logprob": True,
+                   "stream": False, "sampling_params": sampling_payload(params, self.cfg.ignore_eos, stop)}
+        return parse_generate_response(*await self._post_generate(payload))
+
+    def _check_serving(self) -> None:
         if not self.servers:
             raise SGLangError("the sglang engine is not started (await engine.start())")
         if self.released:
             raise SGLangError(f"the sglang servers' GPU memory is released ({sorted(self.released)}): "
                               f"resume_memory() (or update_weights, which resumes it) before generating")
-        rid = rid or uuid.uuid4().hex
-        payload = {"rid": rid, "input_ids": list(prompt_ids), "return_logprob": True, "stream": False,
-                   "sampling_params": sampling_payload(params, self.cfg.ignore_eos, stop)}
+
+    async def _post_generate(self, payload: dict) -> tuple[Any, str]:
+        """``POST /generate`` through the router, or to the least busy server within its concurrency
+        limit: (the body, which endpoint answered)."""
+        rid = payload["rid"]
         if self.router_url:
             assert self._router_slots is not None
             async with self._router_slots:
@@ -565,7 +597,7 @@ class SGLangEngine:
                                                self.cfg.request_timeout_s, role="router", process=self.router)
                 finally:
                     self._inflight.pop(rid, None)
-            return parse_generate_response(body, f"SGLang router {self.router_url}")
+            return body, f"SGLang router {self.router_url}"
         server = self._pick_server()
         async with server.slots:
             server.inflight += 1
@@ -575,7 +607,35 @@ class SGLangEngine:
             finally:
                 server.inflight -= 1
                 self._inflight.pop(rid, None)
-        return parse_generate_response(body, f"SGLang server {server.url}")
+        return body, f"SGLang server {server.url}"
+
+    async def score(self, sequences: list[list[int]], temperature: float) -> list[list[float]]:
+        """Prefill-only log-probs of each sequence's own tokens (:meth:`score_top_k` without the top k)."""
+        return [own for own, _, _ in await self.score_top_k(sequences, temperature, 0)]
+
+    async def score_top_k(self, sequences: list[list[int]], temperature: float,
+                          k: int) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+        """Prefill-only scoring of given token ids, the contract of the hf engine's ``score_top_k``
+        (per sequence: own log-probs with 0 at position 0, and, `k` > 0, the top `k` ids and log-probs
+        per position, zeros at position 0): one ``/generate`` per sequence with ``max_new_tokens: 0``,
+        ``return_logprob``, ``logprob_start_len: 0`` and ``top_logprobs_num: k``. SGLang computes
+        prompt log-probs from the raw logits (0.5.23, ``layers/logprob_processor.py``: no temperature),
+        so the scores are at temperature 1; another `temperature` is refused rather than answered wrong."""
+        if temperature != 1.0:
+            raise SGLangError(f"sglang scores prompt tokens at temperature 1 only (its input log-probs are taken "
+                              f"before any temperature), got temperature {temperature}: score with hf engines or "
+                              f"sample at sampling.temperature=1.0")
+        self._check_serving()
+        return list(await asyncio.gather(*(self._score_one(list(seq), k) for seq in sequences)))
+
+    async def _score_one(self, sequence: list[int], k: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
+        if not sequence:
+            return [], [], []
+        payload = {"rid": uuid.uuid4().hex, "input_ids": sequence, "return_logprob": True, "logprob_start_len": 0,
+                   "stream": False, "sampling_params": {"max_new_tokens": 0}}
+        if k:
+            payload["top_logprobs_num"] = k
+        return parse_score_response(*await self._post_generate(payload), sequence=sequence, k=k)
 
     async def abort(self, rid: str) -> None:
         """Abort request `rid`: its ``generate`` returns ``finish_reason="abort"`` with the tokens so far."""

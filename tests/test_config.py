@@ -114,3 +114,17 @@ def test_distill_config_gets_the_training_schemas_checks_at_start():
     assert to_distill_config(good).algo.policy_mini_batches == 4
     with pytest.raises(ValueError, match="algo.policy_mini_batches = 17 needs rollout.episodes_per_step"):
         to_distill_config(bad)
+
+
+def test_distill_with_sglang_teachers_needs_temperature_one():
+    """SGLang's prompt log-probs are taken before any temperature: sglang teachers at the demo's
+    temperature 0.5 would score another distribution than the student sampled, so the run is refused."""
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        demo = compose(config_name="distill", overrides=["opd.teacher_engine=sglang"])
+        at_one = compose(config_name="distill", overrides=["opd.teacher_engine=sglang", "sampling.temperature=1.0"])
+        unknown = compose(config_name="distill", overrides=["opd.teacher_engine=vllm"])
+    with pytest.raises(ValueError, match="sampling.temperature=0.5: set sampling.temperature=1.0 or opd.teacher_engine=hf"):
+        to_distill_config(demo)
+    assert to_distill_config(at_one).opd.teacher_engine == "sglang"
+    with pytest.raises(ValueError, match="opd.teacher_engine"):
+        to_distill_config(unknown)

@@ -30,6 +30,7 @@ from rl.learner import PolicyLearner, init_distributed
 from rl.orchestrator import RolloutCluster
 from rollout.agent import AgentConfig
 from rollout.chat import prompt_text, render_tool_call
+from rollout.sglang_double import SGLangDouble
 from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
 from rollout.trajectory import Segment, Trajectory
 
@@ -128,6 +129,13 @@ def test_opd_config_is_checked():
     with pytest.raises(ValueError, match="two domains"):
         check_opd(OPDConfig(domains=[DOMAINS[0], DomainConfig("again", ["wrong_operator"])], experts=good.experts,
                             base=base))
+    with_urls = [ExpertConfig(checkpoint="/x", name="a", domain="ops", urls=["http://h:1"]), good.experts[1]]
+    with pytest.raises(ValueError, match="urls/gpu_ids, which are for opd.teacher_engine=sglang"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=with_urls, base=base))
+    check_opd(OPDConfig(domains=DOMAINS, experts=with_urls, base=base, teacher_engine="sglang"))
+    with pytest.raises(ValueError, match="lists 2 urls but opd.teacher_sglang.num_engines is 1"):
+        check_opd(OPDConfig(domains=DOMAINS, base=base, teacher_engine="sglang", experts=[
+            ExpertConfig(checkpoint="/x", name="a", domain="ops", urls=["http://h:1", "http://h:2"]), good.experts[1]]))
 
 
 # ---- start-up refusals ---------------------------------------------------------------------------
@@ -206,6 +214,45 @@ def test_teacher_scores_the_students_token_ids_unchanged(models, ray_session):
         assert scored.teacher_logprobs[0] == pytest.approx(expected, abs=1e-5)
     finally:
         pool.shutdown()
+
+
+def test_sglang_teachers_score_the_students_ids_as_the_hf_teachers_do(models, ray_session):
+    """opd.teacher_engine=sglang: each expert on its own SGLang server (the 0.5.23 test double, as
+    SGLang cannot run without a GPU), scoring by prefill-only /generate; at temperature 1 the scores
+    and the top k equal a plain forward's, each trajectory scored by its domain's server only."""
+    tok = load_tokenizer(models["student"])
+    servers = {name: SGLangDouble(models[name], weight_version="0") for name in ("ops", "bounds")}
+    for server in servers.values():
+        server.start()
+    sglang_experts = [ExpertConfig(checkpoint=str(models[d]), name=f"{d}_expert", domain=d, urls=[servers[d].url])
+                      for d in ("ops", "bounds")]
+    router = Router(DOMAINS, sglang_experts)
+    with pytest.raises(ray.exceptions.RayTaskError, match="temperature 1 only"):
+        bad = TeacherPool(sglang_experts, router, tok.pad_token_id, temperature=0.7, seed=0, threads=1, max_batch=8,
+                          batch_wait_s=0.0, engine="sglang")
+        try:
+            bad.score([TASKS[0]], [non_canonical_trajectory(tok, TASKS[0], "r0")])
+        finally:
+            bad.shutdown()
+    pool = TeacherPool(sglang_experts, router, tok.pad_token_id, temperature=1.0, seed=0, threads=1, max_batch=8,
+                       batch_wait_s=0.0, top_k=3, engine="sglang")
+    try:
+        tasks = [next(t for t in TASKS if t.family == f) for f in FAMILIES]
+        trajs = [non_canonical_trajectory(tok, t, f"r{i}") for i, t in enumerate(tasks)]
+        for task, traj, scored in zip(tasks, trajs, pool.score(tasks, trajs)):
+            ids, domain = traj.segments[0].tokens, router.domain(task)
+            assert scored.expert == f"{domain}_expert"
+            assert scored.teacher_logprobs[0] == pytest.approx(direct_logprobs(models[domain], ids, 1.0), abs=1e-4)
+            model = AutoModelForCausalLM.from_pretrained(str(models[domain]), dtype=torch.float32)
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+            assert scored.teacher_top_ids[0][1:] == logp.topk(3, dim=-1).indices.tolist()
+        for task, traj in zip(tasks, trajs):   # each server scored its own domain's trajectory, ids unchanged
+            assert servers[router.domain(task)].prompts == [traj.segments[0].tokens]
+    finally:
+        pool.shutdown()
+        for server in servers.values():
+            server.stop()
 
 
 def rollout_config():

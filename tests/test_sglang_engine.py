@@ -8,12 +8,14 @@ import asyncio
 import time
 
 import pytest
+import requests
 import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from rollout.engine import SamplingParams
+from rollout.hf_engine import HFGenerator
 from rollout.sglang_double import RouterDouble, SGLangDouble
 from rollout.sglang_engine import (
     SGLangConfig,
@@ -26,6 +28,7 @@ from rollout.sglang_engine import (
     expand_weight_versions,
     flag_args,
     free_port,
+    parse_score_response,
     router_command,
     sampling_payload,
     server_command,
@@ -108,6 +111,47 @@ def test_generate_returns_ids_logprobs_and_versions(double):
         finally:
             await engine.close()
     run(go())
+
+
+def test_prefill_scoring_gives_the_hf_engines_scores_of_the_ids_sent(double, model_dir):
+    """score_top_k (the OPD teachers' call): one prefill-only /generate per sequence; own log-probs and
+    top k equal the hf engine's on the same ids at temperature 1; other temperatures are refused."""
+    sequences = [[3, 9, 1, 44, 7, 7, 20], [5], [60, 2, 2]]
+
+    async def go():
+        engine = await started(SGLangConfig(urls=[double.url]))
+        try:
+            with pytest.raises(SGLangError, match="temperature 1 only"):
+                await engine.score_top_k(sequences, 0.5, 3)
+            return await engine.score_top_k(sequences, 1.0, 3), await engine.score(sequences, 1.0)
+        finally:
+            await engine.close()
+    scored, own_only = run(go())
+    expected = HFGenerator(model_dir, pad_token_id=0, seed=0, num_threads=2).score_top_k(sequences, 1.0, 3)
+    for (own, ids, lps), (e_own, e_ids, e_lps), alone, seq in zip(scored, expected, own_only, sequences):
+        assert len(own) == len(ids) == len(lps) == len(seq) and own[0] == 0.0
+        assert max(abs(a - b) for a, b in zip(own, e_own)) < 1e-4 and alone == own
+        assert ids == e_ids
+        assert max(abs(a - b) for row, e_row in zip(lps, e_lps) for a, b in zip(row, e_row)) < 1e-4
+
+
+def test_prefill_only_body_as_sglang_answers_it(double):
+    """The double's prompt log-probs in SGLang 0.5.23's shape: from logprob_start_len on, the first
+    entry's log-prob null, top rows likewise; no output; a start past the prompt is refused."""
+    ids = [4, 8, 15, 16, 23]
+    body = {"input_ids": ids, "return_logprob": True, "logprob_start_len": 2, "top_logprobs_num": 2,
+            "sampling_params": {"max_new_tokens": 0}}
+    answer = requests.post(double.url + "/generate", json=body, timeout=10).json()
+    meta = answer["meta_info"]
+    assert answer["output_ids"] == [] and meta["finish_reason"] == {"type": "length", "length": 0}
+    assert [e[1] for e in meta["input_token_logprobs"]] == ids[2:] and meta["input_token_logprobs"][0][0] is None
+    assert all(e[0] < 0 for e in meta["input_token_logprobs"][1:])
+    assert meta["input_top_logprobs"][0] is None and [len(r) for r in meta["input_top_logprobs"][1:]] == [2, 2]
+    assert requests.post(double.url + "/generate", json=body | {"logprob_start_len": 6}, timeout=10).status_code == 400
+    # a server that scored other ids than the ones sent is an error, not a silent misalignment
+    wrong = {"meta_info": {"input_token_logprobs": [[None, 4, None], [-1.0, 9, None]]}}
+    with pytest.raises(SGLangRequestError, match="not the 2 ids sent"):
+        parse_score_response(wrong, "server", sequence=[4, 8], k=0)
 
 
 def test_stop_tokens_and_stop_strings_end_the_turn(double):
