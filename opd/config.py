@@ -9,18 +9,14 @@ recipe: `horizonrl-train` overrides that produce it (the demo trains its experts
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from antihack.guard import GuardConfig
-from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, EvalConfig, LoggingConfig, check_choices,
-                       RolloutConfig, SamplingConfig, SuiteConfig, TrainConfig)
-from rollout.agent import AgentConfig
+from rl.config import EvalConfig, RunConfig, TrainConfig, check_choices
 from rollout.sglang_engine import SGLangConfig
-from rollout.worker import EnvConfig
 
 
 @dataclass
@@ -72,23 +68,12 @@ class OPDConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
+    """The training schema's shared part (`steps` = distillation steps, `algo` = the policy loss and
+    learner) plus the `opd` block."""
+
     experiment: str = "opd_demo"
-    seed: int = 0
-    steps: int = 30                  # distillation (policy) steps
     orchestrator: str = "async"      # sync: a batch is generated with the current weights; async: keep generating
-    learner_threads: int = 2
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    suite: SuiteConfig = field(default_factory=SuiteConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algo: AlgoConfig = field(default_factory=AlgoConfig)      # the policy loss and learner (DIS window, lr, clip)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    async_rollout: AsyncConfig = field(default_factory=AsyncConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    antihack: GuardConfig = field(default_factory=GuardConfig)
     opd: OPDConfig = field(default_factory=OPDConfig)
 
 
@@ -171,8 +156,5 @@ def to_distill_config(cfg: DictConfig) -> DistillConfig:
 def rollout_config(cfg: DistillConfig) -> TrainConfig:
     """The training schema's view of a distillation run, for the rollout machinery of `rl/`
     (`RolloutCluster`, rollout workers), which is configured by a `TrainConfig`."""
-    return TrainConfig(experiment=cfg.experiment, seed=cfg.seed, steps=cfg.steps, orchestrator=cfg.orchestrator,
-                       learner_threads=cfg.learner_threads, engine=cfg.engine, suite=cfg.suite, env=cfg.env,
-                       agent=cfg.agent, sampling=cfg.sampling, rollout=cfg.rollout, algo=cfg.algo,
-                       deepspeed=cfg.deepspeed, eval=EvalConfig(samples_per_task=cfg.opd.eval_samples_per_task),
-                       async_rollout=cfg.async_rollout, logging=cfg.logging, antihack=cfg.antihack)
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}
+    return TrainConfig(**shared, eval=EvalConfig(samples_per_task=cfg.opd.eval_samples_per_task))

@@ -226,29 +226,37 @@ class LoggingConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What a training run and a distillation run (``opd.config.DistillConfig``) share: the rollout
+    machinery (engine, environment, agent loop, sampling, workers, the anti-hack guard) and the
+    policy learner."""
+
     experiment: str = "cpu_demo"
     seed: int = 0
     steps: int = 30
     orchestrator: str = "sync"
-    resume: Optional[str] = None       # a checkpoint dir (or a checkpoints root with `latest`) to continue from
     learner_threads: int = 2
-    model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     async_rollout: AsyncConfig = field(default_factory=AsyncConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     antihack: GuardConfig = field(default_factory=GuardConfig)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    resume: Optional[str] = None       # a checkpoint dir (or a checkpoints root with `latest`) to continue from
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sglang: SGLangConfig = field(default_factory=SGLangConfig)
     requires: list[str] = field(default_factory=list)   # keys a preset needs set on the command line
 
