@@ -279,3 +279,17 @@ def test_reference_kl_loss_matches_the_hand_computed_k3_and_is_zero_at_the_refer
     assert logp.grad[0, 1].item() == 0.0 and logp.grad[0, 2].item() == 0.0
     same, kl = reference_kl_loss(ref.clone(), ref, mask, coef=1.0, num_tokens=2)
     assert same.item() == 0.0 and kl == 0.0
+
+
+def test_reference_kl_is_capped_per_token_so_one_far_token_cannot_own_the_step():
+    """A token the policy holds 12 nats below the reference: uncapped k3 = e^12 - 13 (~1.6e5) with
+    gradient ~1.6e5; capped, it counts 10 and gives no gradient, while a near token keeps its k3."""
+    from rl.losses import reference_kl_loss
+    logp = torch.tensor([[-14.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[-2.0, -1.2]])
+    loss, mean_kl = reference_kl_loss(logp, ref, torch.ones(1, 2), coef=1.0, num_tokens=2)
+    near = math.exp(-0.2) - 1 + 0.2
+    assert mean_kl == pytest.approx((10.0 + near) / 2, rel=1e-6)
+    loss.backward()
+    assert logp.grad[0, 0].item() == 0.0
+    assert logp.grad[0, 1].item() == pytest.approx((1 - math.exp(-0.2)) / 2, rel=1e-6)
