@@ -108,6 +108,9 @@ def check_opd(opd: OPDConfig) -> None:
     owned = [f for d in opd.domains for f in d.families]
     if len(set(owned)) != len(owned):
         raise ValueError(f"opd: a task family belongs to two domains ({owned}); routing needs one owner")
+    if opd.teacher_sglang.urls:
+        raise ValueError("opd.teacher_sglang.urls: running teacher servers are given per expert "
+                         "(opd.experts[*].urls), as each serves one checkpoint")
     for e in opd.experts:
         if e.domain not in domains:
             raise ValueError(f"opd expert {e.name!r} serves domain {e.domain!r}, which is not in opd.domains {domains}")

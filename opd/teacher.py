@@ -146,8 +146,12 @@ class TeacherPool:
             template = sglang if sglang is not None else SGLangConfig()
             self.actors = {e.name: ray.remote(SGLangEngine).options(num_cpus=0, max_concurrency=10_000).remote(
                 dataclasses.replace(template, model_path=e.checkpoint, urls=list(e.urls))) for e in experts}
-            ray.get([self.actors[e.name].start.remote(_gpu_groups(e.gpu_ids, template) if e.gpu_ids else None)
-                     for e in experts])    # connection, launch and version errors surface here, per expert
+            try:   # connection, launch and version errors surface here, naming the server
+                ray.get([self.actors[e.name].start.remote(_gpu_groups(e.gpu_ids, template) if e.gpu_ids else None)
+                         for e in experts])
+            except Exception:
+                self.shutdown()   # the servers the other experts launched go too
+                raise
         elif engine == "hf":
             self.actors = {
                 e.name: ray.remote(HFEngineActor).options(num_cpus=0, max_concurrency=10_000).remote(
@@ -182,6 +186,7 @@ class TeacherPool:
             if self.kind == "sglang":     # stop the servers it launched, close its session
                 ray.get(actor.close.remote())
             ray.kill(actor)
+        self.actors = {}
 
 
 def _gpu_groups(gpu_ids: list[int], cfg: SGLangConfig) -> list[list[int]]:

@@ -31,6 +31,7 @@ from rl.orchestrator import RolloutCluster
 from rollout.agent import AgentConfig
 from rollout.chat import prompt_text, render_tool_call
 from rollout.sglang_double import SGLangDouble
+from rollout.sglang_engine import SGLangConfig
 from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
 from rollout.trajectory import Segment, Trajectory
 
@@ -133,6 +134,9 @@ def test_opd_config_is_checked():
     with pytest.raises(ValueError, match="urls/gpu_ids, which are for opd.teacher_engine=sglang"):
         check_opd(OPDConfig(domains=DOMAINS, experts=with_urls, base=base))
     check_opd(OPDConfig(domains=DOMAINS, experts=with_urls, base=base, teacher_engine="sglang"))
+    with pytest.raises(ValueError, match="given per expert"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=with_urls, base=base, teacher_engine="sglang",
+                            teacher_sglang=SGLangConfig(urls=["http://h:1"])))
     with pytest.raises(ValueError, match="lists 2 urls but opd.teacher_sglang.num_engines is 1"):
         check_opd(OPDConfig(domains=DOMAINS, base=base, teacher_engine="sglang", experts=[
             ExpertConfig(checkpoint="/x", name="a", domain="ops", urls=["http://h:1", "http://h:2"]), good.experts[1]]))
