@@ -128,3 +128,20 @@ def test_distill_with_sglang_teachers_needs_temperature_one():
     assert to_distill_config(at_one).opd.teacher_engine == "sglang"
     with pytest.raises(ValueError, match="opd.teacher_engine"):
         to_distill_config(unknown)
+
+
+def test_opd_demo_recipes_pin_their_demonstrators_against_the_default_preset():
+    """The merge demo trains its base and experts with `horizonrl-train <recipe>`, i.e. on top of the
+    default preset; the default's flush-left demonstrator (sft.demo_indent_kept=0.25) once leaked into
+    the experts (held-out 0.04 / 0.17 instead of ~0.6). Each recipe, composed as horizonrl-train
+    composes it, must give the demonstrator the recipe names: clean edits, no retries."""
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        opd = to_distill_config(compose(config_name="distill")).opd
+        recipes = {"base": opd.base.train, **{e.name: e.train for e in opd.experts}}
+        sft = {name: to_train_config(compose(config_name="config", overrides=list(train))).sft
+               for name, train in recipes.items()}
+    assert set(sft) == {"base", "arith_expert", "control_expert"}
+    for name, s in sft.items():
+        assert (s.demo_indent_kept, s.demo_retry) == (1.0, 0.0), name
+    assert sft["base"].demo_accuracy == 0.25
+    assert sft["arith_expert"].demo_accuracy == sft["control_expert"].demo_accuracy == 1.0
