@@ -12,7 +12,7 @@ value of token i are read from the model's output at position i-1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -38,19 +38,17 @@ class SampleBatch:
 
     def to(self, device: torch.device | str) -> "SampleBatch":
         """The batch on `device` (the learner's): collate builds it on the CPU."""
-        return SampleBatch(*(t.to(device) for t in (
-            self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
-            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version,
-            self.sample_index)))
+        return SampleBatch(*(t.to(device) for t in self.tensors()))
 
     def rows(self, idx: list[int]) -> "SampleBatch":
         """A micro-batch: the given rows, trimmed to their longest sequence (no rows: an empty batch)."""
         sel = torch.tensor(idx, dtype=torch.long, device=self.input_ids.device)
         length = int(self.attention_mask[sel].sum(-1).max()) if idx else 0
-        return SampleBatch(*(t[sel][:, :length] if t.dim() == 2 else t[sel] for t in (
-            self.input_ids, self.attention_mask, self.action_mask, self.behavior_logprobs, self.rewards,
-            self.rollout_index, self.segment_index, self.rollout_action_tokens, self.oldest_version,
-            self.sample_index)))
+        return SampleBatch(*(t[sel][:, :length] if t.dim() == 2 else t[sel] for t in self.tensors()))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every field, in declaration order (what the constructor takes)."""
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 def trainable(trajectories: list[Trajectory]) -> list[Trajectory]:
