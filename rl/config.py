@@ -88,8 +88,16 @@ class SFTConfig:
     # the tool's "not found, closest line" answer, and is made again with that line: the recovery a
     # policy can use when its own recall of a line is off.
     demo_retry: float = 0.0
+    # The learning rate after the warm-up: "constant", or "cosine" decay to lr x min_lr_ratio by the
+    # last step (rl.learner.warmup_cosine_lr_factor).
+    lr_decay: str = "constant"
+    min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"sft.lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 < self.task_fraction <= 1.0:
             raise ValueError(f"sft.task_fraction must be in (0, 1], got {self.task_fraction}")
         if not 0.0 <= self.demo_accuracy <= 1.0:

@@ -11,6 +11,7 @@ whitening -> K clipped value-loss steps -> one DIS policy step, all token-mean o
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -59,11 +60,29 @@ def zero_config(cfg: DeepSpeedConfig) -> dict:
     return zero
 
 
+def warmup_cosine_lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """The learning-rate multiplier at optimiser step `step` (0-based): linear warm-up, then cosine decay.
+
+        f(s) = (s + 1) / (W + 1)                                   for s < W
+        f(s) = m + (1 - m) · ½ (1 + cos(π · min(1, (s − W) / (D − W))))   for s >= W
+
+    with W = `warmup_steps`, D = `decay_steps` (the step by which f reaches m = `min_lr_ratio`;
+    D <= W means no decay: f = 1 after the warm-up)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if decay_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,
-                     cfg: DeepSpeedConfig, warmup_steps: int = 0):
-    """Wrap `model` in a DeepSpeed engine with torch AdamW as the client optimiser."""
+                     cfg: DeepSpeedConfig, warmup_steps: int = 0, decay_steps: int = 0, min_lr_ratio: float = 1.0):
+    """Wrap `model` in a DeepSpeed engine with torch AdamW as the client optimiser and the
+    learning rate of :func:`warmup_cosine_lr_factor` (constant after the warm-up unless `decay_steps`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine_lr_factor(s, warmup_steps, decay_steps, min_lr_ratio))
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -245,12 +264,15 @@ class ReferencePolicy:
 
 class PolicyLearner:
     def __init__(self, model_path: Path, lr: float, algo: AlgoConfig, ds: DeepSpeedConfig, temperature: float,
-                 warmup_steps: int = 0, reference: Path | None = None) -> None:
+                 warmup_steps: int = 0, reference: Path | None = None, decay_steps: int = 0,
+                 min_lr_ratio: float = 1.0) -> None:
         """`reference`: the policy RL started from (default `model_path`), used when ``algo.kl_coef`` > 0;
-        a resumed run passes the original one."""
+        a resumed run passes the original one. `warmup_steps`, `decay_steps`, `min_lr_ratio`: the
+        learning-rate schedule (:func:`warmup_cosine_lr_factor`)."""
         model = AutoModelForCausalLM.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32,
                                                      **attention_kwargs(algo.attn_implementation))
-        self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps)
+        self.engine = deepspeed_engine(model, lr, algo.weight_decay, algo.grad_clip, ds, warmup_steps, decay_steps,
+                                       min_lr_ratio)
         self.algo = algo
         self.temperature = temperature
         self.reference = (ReferencePolicy(reference or model_path, temperature, self.engine.device, algo.pack_sequences,
@@ -284,7 +306,7 @@ class PolicyLearner:
             stats["nll"] += float(loss.detach())
             return loss
         grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
-        return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm}
+        return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm, "sft/lr": self.engine.get_lr()[0]}
 
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:

@@ -234,7 +234,9 @@ def sft_warm_start(base: Path, trajectories: list[Trajectory], tokenizer, sft: S
                    ds: DeepSpeedConfig, out_dir: Path, seed: int, on_step=None) -> Path:
     """Supervised warm start on demonstration trajectories (cross-entropy on their action tokens,
     every segment); saves the result as a standard checkpoint in `out_dir` and returns that path."""
-    learner = PolicyLearner(base, lr=sft.lr, algo=algo, ds=ds, temperature=1.0, warmup_steps=sft.warmup_steps)
+    decay_steps = sft.steps if sft.lr_decay == "cosine" else 0
+    learner = PolicyLearner(base, lr=sft.lr, algo=algo, ds=ds, temperature=1.0, warmup_steps=sft.warmup_steps,
+                            decay_steps=decay_steps, min_lr_ratio=sft.min_lr_ratio)
     rng = random.Random(seed)
     for step in range(sft.steps):
         picked = rng.sample(trajectories, min(sft.batch_size, len(trajectories)))

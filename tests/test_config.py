@@ -52,6 +52,8 @@ def test_bad_choice_is_named():
                                            ("sft.demo_indent_kept=-0.1", "sft.demo_indent_kept"),
                                            ("sft.demo_retry=1.5", "sft.demo_retry"),
                                            ("sft.task_fraction=0", "sft.task_fraction"),
+                                           ("sft.lr_decay=linear", "sft.lr_decay"),
+                                           ("sft.min_lr_ratio=2", "sft.min_lr_ratio"),
                                            ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
                                            ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])
 def test_out_of_range_sft_values_are_named(override, key):

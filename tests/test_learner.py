@@ -9,7 +9,7 @@ import torch
 from rl.batch import collate, micro_batches, mini_batch_rows, pack, packed_micro_batches, trainable, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.learner import (CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed,
-                        policy_mini_batches, token_logprobs)
+                        policy_mini_batches, token_logprobs, warmup_cosine_lr_factor)
 from rollout.trajectory import Segment, Status, Trajectory
 from tiny_models import save_tiny_qwen2
 
@@ -151,6 +151,27 @@ def test_advantages_zero_outside_actions_and_returns_equal_reward(model_dir):
     # gamma = lambda_critic = 1 with an outcome reward: the critic target is R on every action token
     expected = batch.rewards[:, None].expand_as(batch.action_mask) * batch.action_mask
     assert torch.allclose(adv.returns, expected, atol=1e-6)
+
+
+def test_warmup_cosine_lr_factor_by_hand():
+    # warm-up W=3: (s+1)/4; decay to m=0.1 by D=7: 0.1 + 0.9 * (1 + cos(pi * (s-3)/4)) / 2
+    f = [warmup_cosine_lr_factor(s, 3, 7, 0.1) for s in range(9)]
+    expected = [0.25, 0.5, 0.75, 1.0, 0.1 + 0.45 * (1 + math.cos(math.pi / 4)), 0.55,
+                0.1 + 0.45 * (1 + math.cos(3 * math.pi / 4)), 0.1, 0.1]
+    assert f == pytest.approx(expected, abs=1e-12)
+    # no decay steps: constant after the warm-up, whatever the ratio
+    assert [warmup_cosine_lr_factor(s, 2, 0, 0.1) for s in range(5)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+
+
+def test_sft_steps_follow_the_cosine_schedule_to_the_floor(model_dir):
+    algo = AlgoConfig(micro_batch_tokens=64)
+    learner = PolicyLearner(model_dir, 1e-2, algo, DeepSpeedConfig(zero_stage=1), temperature=1.0,
+                            warmup_steps=1, decay_steps=5, min_lr_ratio=0.2)
+    batch = collate(make_trajectories(4, 1), pad_token_id=0)
+    lrs = [learner.sft_step(batch)["sft/lr"] for _ in range(7)]
+    # sft/lr is the rate the next step will use: after step s it is f(s + 1)
+    assert lrs == pytest.approx([1e-2 * warmup_cosine_lr_factor(s + 1, 1, 5, 0.2) for s in range(7)])
+    assert lrs[-1] == pytest.approx(2e-3) and max(lrs) == pytest.approx(1e-2)
 
 
 def test_ppo_steps_learn_and_stay_finite(model_dir):
