@@ -28,7 +28,7 @@ from opd.report import distill_summary, domain_line
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import Router, TeacherPool, check_checkpoint, check_compatible
 from rl.async_rollout import start_rollout_worker
-from rl.learner import PolicyLearner, init_distributed
+from rl.learner import PolicyLearner, init_distributed, policy_decay_steps
 from rl.observe import RunLogger
 from rl.orchestrator import RolloutCluster, rollout_metrics
 from rollout.tokenizer import load_tokenizer
@@ -91,7 +91,8 @@ def main(raw: DictConfig) -> None:
 
     # 3. Distillation: generate + score (overlapped) -> OPD policy step -> push weights, every step.
     learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
-                                       cfg.sampling.temperature), cfg.opd, tokenizer.pad_token_id)
+                                       cfg.sampling.temperature, decay_steps=policy_decay_steps(cfg.algo, cfg.steps),
+                                       min_lr_ratio=cfg.algo.policy_min_lr_ratio), cfg.opd, tokenizer.pad_token_id)
     mixture = DomainMixture(train, {d.name: d.weight for d in cfg.opd.domains}, cfg.seed)
     source = ScoredRolloutSource(cluster, mixture, teachers, cfg.orchestrator, cfg.async_rollout,
                                  lambda: start_rollout_worker(cluster.engine, str(student_init), tcfg,

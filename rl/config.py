@@ -139,8 +139,14 @@ class AlgoConfig:
     policy_updates: int = 1                     # optimiser steps per batch, each over the whole batch (epochs)
     policy_mini_batches: int = 1                # each epoch: this many optimiser steps, on interleaved slices of the batch
     kl_coef: float = 0.0                        # > 0: + kl_coef * KL(pi_theta || pi_ref) (k3), pi_ref = the policy RL started from
+    policy_lr_decay: str = "constant"           # constant | cosine: policy_lr decays to policy_lr x policy_min_lr_ratio
+    policy_min_lr_ratio: float = 0.1            #   by the run's last policy step (rl.learner.warmup_cosine_lr_factor)
 
     def __post_init__(self) -> None:
+        if self.policy_lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"algo.policy_lr_decay must be 'constant' or 'cosine', got {self.policy_lr_decay!r}")
+        if not 0.0 <= self.policy_min_lr_ratio <= 1.0:
+            raise ValueError(f"algo.policy_min_lr_ratio must be in [0, 1], got {self.policy_min_lr_ratio}")
         if self.policy_updates < 1 or self.policy_mini_batches < 1:
             raise ValueError(f"algo.policy_updates and algo.policy_mini_batches must be >= 1 (got "
                              f"{self.policy_updates}, {self.policy_mini_batches})")

@@ -76,6 +76,15 @@ def warmup_cosine_lr_factor(step: int, warmup_steps: int, decay_steps: int, min_
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def policy_decay_steps(algo: AlgoConfig, policy_batches: int) -> int:
+    """The optimiser step by which a cosine-decayed policy learning rate reaches its floor: the run's
+    batches that take a policy step x ``algo.policy_updates`` x ``algo.policy_mini_batches``
+    (0 = no decay, ``algo.policy_lr_decay = constant``)."""
+    if algo.policy_lr_decay == "constant":
+        return 0
+    return policy_batches * algo.policy_updates * algo.policy_mini_batches
+
+
 def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,
                      cfg: DeepSpeedConfig, warmup_steps: int = 0, decay_steps: int = 0, min_lr_ratio: float = 1.0):
     """Wrap `model` in a DeepSpeed engine with torch AdamW as the client optimiser and the

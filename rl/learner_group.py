@@ -26,7 +26,7 @@ import torch
 from rl.batch import SampleBatch
 from rl.checkpoint import ResumeState, load_checkpoint, save_checkpoint
 from rl.config import AlgoConfig, DeepSpeedConfig, TrainConfig
-from rl.learner import CriticLearner, PolicyLearner, PPOLearner, free_port, init_distributed
+from rl.learner import CriticLearner, PolicyLearner, PPOLearner, free_port, init_distributed, policy_decay_steps
 from rl.placement import Placement
 
 # metrics each rank reports as its share of a global sum (token-weighted with the global N, or counts);
@@ -48,13 +48,15 @@ class LearnerSpec:
     temperature: float
     threads: int
     seed: int
+    policy_decay_steps: int = 0    # rl.learner.policy_decay_steps of the run
 
 
 def build_ppo_learner(spec: LearnerSpec) -> PPOLearner:
     """The policy and critic DeepSpeed engines of one rank (the process group must exist)."""
     path = Path(spec.policy_path)
     policy = PolicyLearner(path, spec.algo.policy_lr, spec.algo, spec.deepspeed, spec.temperature,
-                           reference=Path(spec.reference) if spec.reference else None)
+                           reference=Path(spec.reference) if spec.reference else None,
+                           decay_steps=spec.policy_decay_steps, min_lr_ratio=spec.algo.policy_min_lr_ratio)
     return PPOLearner(policy, CriticLearner(path, spec.algo, spec.deepspeed), spec.algo)
 
 
@@ -215,8 +217,10 @@ def build_learner(policy_path: Path, cfg: TrainConfig, reference: Path | None,
     """The run's learner: in the driver process (``cluster.dp_ranks == 0``), or a data-parallel group
     of Ray actors, on the learner's bundles of `placement` when ``cluster.learner_gpus`` > 0."""
     c = cfg.cluster
+    policy_batches = max(0, cfg.steps - cfg.algo.critic_warmup_steps)   # the critic's warm-up steps take no policy step
     spec = LearnerSpec(str(policy_path), str(reference) if reference else None, cfg.algo, cfg.deepspeed,
-                       cfg.sampling.temperature, cfg.learner_threads, cfg.seed)
+                       cfg.sampling.temperature, cfg.learner_threads, cfg.seed,
+                       policy_decay_steps(cfg.algo, policy_batches))
     if c.dp_ranks == 0:
         return LocalLearner(spec)
     if c.critic_gpus:

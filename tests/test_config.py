@@ -54,6 +54,8 @@ def test_bad_choice_is_named():
                                            ("sft.task_fraction=0", "sft.task_fraction"),
                                            ("sft.lr_decay=linear", "sft.lr_decay"),
                                            ("sft.min_lr_ratio=2", "sft.min_lr_ratio"),
+                                           ("algo.policy_lr_decay=step", "algo.policy_lr_decay"),
+                                           ("algo.policy_min_lr_ratio=-1", "algo.policy_min_lr_ratio"),
                                            ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
                                            ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])
 def test_out_of_range_sft_values_are_named(override, key):

@@ -9,7 +9,8 @@ import torch
 from rl.batch import collate, micro_batches, mini_batch_rows, pack, packed_micro_batches, trainable, unpack
 from rl.config import AlgoConfig, DeepSpeedConfig
 from rl.learner import (CriticLearner, PolicyLearner, PPOLearner, compute_advantages, init_distributed,
-                        policy_mini_batches, token_logprobs, warmup_cosine_lr_factor)
+                        policy_decay_steps, policy_mini_batches, token_logprobs,
+                        warmup_cosine_lr_factor)
 from rollout.trajectory import Segment, Status, Trajectory
 from tiny_models import save_tiny_qwen2
 
@@ -172,6 +173,11 @@ def test_sft_steps_follow_the_cosine_schedule_to_the_floor(model_dir):
     # sft/lr is the rate the next step will use: after step s it is f(s + 1)
     assert lrs == pytest.approx([1e-2 * warmup_cosine_lr_factor(s + 1, 1, 5, 0.2) for s in range(7)])
     assert lrs[-1] == pytest.approx(2e-3) and max(lrs) == pytest.approx(1e-2)
+
+
+def test_policy_decay_steps_count_every_optimiser_step_of_the_run():
+    assert policy_decay_steps(AlgoConfig(policy_lr_decay="cosine", policy_updates=2, policy_mini_batches=4), 10) == 80
+    assert policy_decay_steps(AlgoConfig(policy_updates=2, policy_mini_batches=4), 10) == 0   # constant
 
 
 def test_ppo_steps_learn_and_stay_finite(model_dir):
