@@ -43,6 +43,9 @@ class Demonstration:
     task: Task
     turns: list[tuple[ToolCall, str]]   # (call, observation the environment returned)
     passed: bool = True                 # its grade; False only for a noisy demonstrator's wrong fix
+    # turns that are context, not targets: a retrying demonstrator's misremembered edit is shown to
+    # the policy (it is what its own slip and the tool's answer look like) but not trained on
+    context_turns: frozenset[int] = frozenset()
 
     def text(self) -> str:
         parts = [prompt_text(self.task.instruction)]
@@ -74,12 +77,16 @@ def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | Non
     (:func:`envs.solver.perturbed_solution`); with `unindent` it writes its fix without the line's
     indentation (:func:`envs.solver.unindented_edit`). Such a demonstration keeps whatever grade it gets.
     With `retry` (a seeded RNG) its first edit misses, the tool shows the closest line, and the edit is
-    made again with it (:func:`envs.solver.retried_edit`); a task whose line has no misremembering the
-    hint would correct (6 of the 588 built-in tasks) is demonstrated without the miss."""
+    made again with it (:func:`envs.solver.retried_edit`); the miss is a context turn (no loss: the
+    warm start teaches recovering from a slip, not making it). A task whose line has no misremembering
+    the hint would correct (6 of the 588 built-in tasks) is demonstrated without the miss."""
     calls = scripted_solution(task) if wrong_fix is None else perturbed_solution(task, wrong_fix)
+    context: frozenset[int] = frozenset()
     if retry is not None:
         try:
-            calls = retried_edit(task, calls, retry)
+            retried = retried_edit(task, calls, retry)
+            context = frozenset({next(i for i, c in enumerate(retried) if c.name == "str_replace")})
+            calls = retried
         except TaskError:
             pass    # no plausible miss that the tool's hint would correct: the plain demonstration
     calls = unindented_edit(task, calls) if unindent else calls
@@ -88,7 +95,7 @@ def demonstration(task: Task, env_cfg: EnvConfig, wrong_fix: random.Random | Non
         grade = env.grade()
     if wrong_fix is None and not unindent and not grade.passed:
         raise RuntimeError(f"the scripted solver failed task {task.task_id}: {grade.output[-500:]}")
-    return Demonstration(task, turns, grade.passed)
+    return Demonstration(task, turns, grade.passed, context)
 
 
 def _seeded_share(count: int, share: float, salt: str) -> set[int]:
@@ -126,12 +133,16 @@ def sft_demonstrations(tasks: list[Task], env_cfg: EnvConfig, sft: SFTConfig, se
 
 
 def demo_trajectory(demo: Demonstration, tokenizer, rollout_id: str) -> Trajectory:
-    """The demonstration as a trajectory: tool-call tokens (and their <|im_end|>) are actions."""
+    """The demonstration as a trajectory: tool-call tokens (and their <|im_end|>) are actions, except
+    in the demonstration's context turns (loss mask 0)."""
     seg = Segment(rollout_id=rollout_id, index=0)
     seg.append(encode_text(tokenizer, prompt_text(demo.task.instruction)), sampled=False)
     for i, (call, obs) in enumerate(demo.turns):
         action = encode_text(tokenizer, render_tool_call(call) + IM_END)
-        seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
+        if i in demo.context_turns:
+            seg.append(action, sampled=False)
+        else:
+            seg.append(action, sampled=True, logprobs=[0.0] * len(action), versions=[0] * len(action))
         if i < len(demo.turns) - 1:
             seg.append(encode_text(tokenizer, observation_text(obs)), sampled=False)
     return Trajectory(rollout_id=rollout_id, task_id=demo.task.task_id, segments=[seg],
@@ -205,7 +216,25 @@ def demo_trajectories(demos: list[Demonstration], tokenizer, agent: AgentConfig,
                                f"passed={traj.passed} when played through the "
                                f"agent loop with compaction={agent.compaction} ({traj.status}): "
                                f"{traj.transcript[-3:]}")
+        for i in demo.context_turns:
+            unmask_call(traj, encode_text(tokenizer, render_tool_call(demo.turns[i][0]) + IM_END))
     return trajectories
+
+
+def unmask_call(traj: Trajectory, action: list[int]) -> None:
+    """Make every trained occurrence of the tool call `action` (its token ids) in `traj` context
+    (loss mask 0, as :meth:`Segment.append` leaves unsampled tokens); raises if there is none."""
+    found = 0
+    for seg in traj.segments:
+        n = len(action)
+        for start in range(len(seg.tokens) - n + 1):
+            if seg.tokens[start:start + n] == action and all(seg.loss_mask[start:start + n]):
+                seg.loss_mask[start:start + n] = [0] * n
+                seg.behavior_logprobs[start:start + n] = [0.0] * n
+                seg.weight_versions[start:start + n] = [-1] * n
+                found += 1
+    if not found:
+        raise RuntimeError(f"{traj.rollout_id}: a context turn of the demonstration is not among its actions")
 
 
 def model_config(cfg: ModelConfig, tokenizer):

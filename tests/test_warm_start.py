@@ -16,7 +16,7 @@ from envs.tasks import TaskError
 from envs.tools import ToolCall
 from rl.warm_start import ScriptedPolicy, demo_trajectories, demo_trajectory, demonstrations, split_for_warm_start
 from rollout.agent import AgentConfig, run_episode
-from rollout.chat import IM_END, SPECIAL_TOKENS, encode_text
+from rollout.chat import IM_END, SPECIAL_TOKENS, encode_text, render_tool_call
 from rollout.engine import SamplingParams
 from rollout.tokenizer import build_bpe_tokenizer
 from rollout.worker import EnvConfig, make_env
@@ -174,6 +174,34 @@ def test_retrying_demonstrations_recover_from_the_hint_and_pass():
     flat = demonstrations(tasks, EnvConfig(), threads=2, retry=0.5, indent_kept=0.0, seed=3)
     assert not any(d.passed for d in flat)            # the retried edit is the one written flush left
     assert [len(d.turns) for d in flat] == [len(d.turns) for d in demos]
+
+
+def spans(seg, call):
+    """The loss masks of every occurrence of the token ids `call` in `seg`."""
+    n = len(call)
+    return [tuple(seg.loss_mask[i:i + n]) for i in range(len(seg.tokens) - n + 1) if seg.tokens[i:i + n] == call]
+
+
+def test_a_retrying_demonstrators_miss_is_context_not_a_target(tokenizer):
+    """The misremembered edit is shown (tokens kept, loss mask 0); the retry and the rest are trained,
+    whether the demonstration is rendered or played through the agent loop with compaction."""
+    tasks = [t for t in builtin_suite(0) if t.split == "train"][::25][:6]
+    demos = [d for d in demonstrations(tasks, EnvConfig(), threads=2, retry=1.0, seed=3) if len(d.turns) == 4]
+    assert len(demos) >= 5
+    agent = AgentConfig(max_turns=4, max_context_tokens=2048, compaction_threshold_tokens=2000, compaction="summary",
+                        keep_last_steps=1, max_segments=5)
+    played = demo_trajectories(demos, tokenizer, agent, EnvConfig(), max_new_tokens=256)
+    for demo, traj in zip(demos, played):
+        assert demo.context_turns == {1}
+        miss, retry = (encode_text(tokenizer, render_tool_call(demo.turns[i][0]) + IM_END) for i in (1, 2))
+        rendered = demo_trajectory(demo, tokenizer, "r").segments[0]
+        assert spans(rendered, miss) == [(0,) * len(miss)] and spans(rendered, retry) == [(1,) * len(retry)]
+        assert rendered.num_action_tokens == sum(
+            len(encode_text(tokenizer, render_tool_call(c) + IM_END)) for i, (c, _) in enumerate(demo.turns) if i != 1)
+        assert len(traj.segments) > 1                          # compacted: the miss is context in every segment
+        seen = [m for seg in traj.segments for m in spans(seg, miss)]
+        assert seen and all(set(m) == {0} for m in seen)
+        assert (1,) * len(retry) in [m for seg in traj.segments for m in spans(seg, retry)]
 
 
 def test_noisy_demonstrator_gets_its_share_wrong_and_keeps_them_unfiltered(tokenizer):
