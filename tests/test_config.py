@@ -142,10 +142,12 @@ def test_opd_demo_recipes_pin_their_demonstrators_against_the_default_preset():
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         opd = to_distill_config(compose(config_name="distill")).opd
         recipes = {"base": opd.base.train, **{e.name: e.train for e in opd.experts}}
-        sft = {name: to_train_config(compose(config_name="config", overrides=list(train))).sft
-               for name, train in recipes.items()}
+        cfgs = {name: to_train_config(compose(config_name="config", overrides=list(train)))
+                for name, train in recipes.items()}
+    sft = {name: c.sft for name, c in cfgs.items()}
     assert set(sft) == {"base", "arith_expert", "control_expert"}
     for name, s in sft.items():
-        assert (s.demo_indent_kept, s.demo_retry) == (1.0, 0.0), name
+        assert (s.demo_indent_kept, s.demo_retry, s.lr_decay) == (1.0, 0.0, "constant"), name
+        assert cfgs[name].sampling.top_p == 1.0, name
     assert sft["base"].demo_accuracy == 0.25
     assert sft["arith_expert"].demo_accuracy == sft["control_expert"].demo_accuracy == 1.0
