@@ -66,6 +66,14 @@ class RolloutConfig:
     episodes_per_step: int = 64
 
 
+def check_lr_decay(decay_key: str, decay: str, ratio_key: str, ratio: float) -> None:
+    """A learning-rate schedule setting: 'constant' or 'cosine', and a floor ratio in [0, 1]."""
+    if decay not in ("constant", "cosine"):
+        raise ValueError(f"{decay_key} must be 'constant' or 'cosine', got {decay!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"{ratio_key} must be in [0, 1], got {ratio}")
+
+
 @dataclass
 class SFTConfig:
     enabled: bool = True
@@ -94,10 +102,7 @@ class SFTConfig:
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.lr_decay not in ("constant", "cosine"):
-            raise ValueError(f"sft.lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_lr_decay("sft.lr_decay", self.lr_decay, "sft.min_lr_ratio", self.min_lr_ratio)
         if not 0.0 < self.task_fraction <= 1.0:
             raise ValueError(f"sft.task_fraction must be in (0, 1], got {self.task_fraction}")
         if not 0.0 <= self.demo_accuracy <= 1.0:
@@ -143,10 +148,8 @@ class AlgoConfig:
     policy_min_lr_ratio: float = 0.1            #   by the run's last policy step (rl.learner.warmup_cosine_lr_factor)
 
     def __post_init__(self) -> None:
-        if self.policy_lr_decay not in ("constant", "cosine"):
-            raise ValueError(f"algo.policy_lr_decay must be 'constant' or 'cosine', got {self.policy_lr_decay!r}")
-        if not 0.0 <= self.policy_min_lr_ratio <= 1.0:
-            raise ValueError(f"algo.policy_min_lr_ratio must be in [0, 1], got {self.policy_min_lr_ratio}")
+        check_lr_decay("algo.policy_lr_decay", self.policy_lr_decay, "algo.policy_min_lr_ratio",
+                       self.policy_min_lr_ratio)
         if self.policy_updates < 1 or self.policy_mini_batches < 1:
             raise ValueError(f"algo.policy_updates and algo.policy_mini_batches must be >= 1 (got "
                              f"{self.policy_updates}, {self.policy_mini_batches})")

@@ -224,14 +224,11 @@ def demo_trajectories(demos: list[Demonstration], tokenizer, agent: AgentConfig,
 def unmask_call(traj: Trajectory, action: list[int]) -> None:
     """Make every trained occurrence of the tool call `action` (its token ids) in `traj` context
     (loss mask 0, as :meth:`Segment.append` leaves unsampled tokens); raises if there is none."""
-    found = 0
+    found, n = 0, len(action)
     for seg in traj.segments:
-        n = len(action)
         for start in range(len(seg.tokens) - n + 1):
             if seg.tokens[start:start + n] == action and all(seg.loss_mask[start:start + n]):
-                seg.loss_mask[start:start + n] = [0] * n
-                seg.behavior_logprobs[start:start + n] = [0.0] * n
-                seg.weight_versions[start:start + n] = [-1] * n
+                seg.make_context(start, n)
                 found += 1
     if not found:
         raise RuntimeError(f"{traj.rollout_id}: a context turn of the demonstration is not among its actions")

@@ -54,6 +54,12 @@ class Segment:
         self.tokens.extend(int(t) for t in tokens)
         self.loss_mask.extend([1 if sampled else 0] * n)
 
+    def make_context(self, start: int, n: int) -> None:
+        """Tokens [start, start + n) become context, as :meth:`append` leaves unsampled tokens."""
+        self.loss_mask[start:start + n] = [0] * n
+        self.behavior_logprobs[start:start + n] = [0.0] * n
+        self.weight_versions[start:start + n] = [-1] * n
+
     @property
     def num_action_tokens(self) -> int:
         return sum(self.loss_mask)
