@@ -27,8 +27,9 @@ class EngineWorkers:
         self.workers = [start_rollout_worker(engine, tokenizer_path, cfg) for _ in range(cfg.rollout.num_workers)]
         self.sampling = sampling
 
-    def rollout(self, tasks: list[Task], rollout_ids: list[str]) -> list[Trajectory]:
-        return rollout_round_robin(self.workers, tasks, rollout_ids, self.sampling)
+    def rollout(self, tasks: list[Task], rollout_ids: list[str],
+                sampling: SamplingParams | None = None) -> list[Trajectory]:
+        return rollout_round_robin(self.workers, tasks, rollout_ids, sampling or self.sampling)
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -174,8 +174,28 @@ class DeepSpeedConfig:
 
 @dataclass
 class EvalConfig:
+    """The held-out pass rate before and after RL (the same settings both times)."""
+
     samples_per_task: int = 2
     max_tasks: int = 0                 # 0 = every held-out task
+    # Decode the held-out episodes greedily (argmax, as verl's validation does by default) instead of
+    # with the training sampling settings: the figure is then the policy's most likely behaviour and
+    # carries no sampling noise, so one episode per task is all there is.
+    greedy: bool = False
+    # With greedy: also this many episodes per task at the training sampling settings, reported
+    # beside the greedy figure (summary.json: heldout_sampled_*). 0 = none.
+    sampled_samples_per_task: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples_per_task < 1 or self.max_tasks < 0 or self.sampled_samples_per_task < 0:
+            raise ValueError(f"eval: samples_per_task >= 1, max_tasks >= 0 and sampled_samples_per_task >= 0 "
+                             f"are required (got {self})")
+        if self.greedy and self.samples_per_task != 1:
+            raise ValueError(f"eval.greedy decodes deterministically: eval.samples_per_task must be 1 "
+                             f"(got {self.samples_per_task})")
+        if self.sampled_samples_per_task and not self.greedy:
+            raise ValueError("eval.sampled_samples_per_task is the sampled figure beside a greedy one: "
+                             "it needs eval.greedy=true (without it, eval.samples_per_task sets the sampled episodes)")
 
 
 @dataclass

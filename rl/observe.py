@@ -85,14 +85,15 @@ class RunLogger:
                           *(f"{row[k]:.3g}" if k in row else "" for k in CONSOLE_KEYS))
         return table
 
-    def plot(self, path: Path, before: float, after: float) -> None:
-        """Reward and pass rate over training steps, with the held-out pass rate before and after."""
+    def plot(self, path: Path, before: float, after: float, decoding: str = "sampled") -> None:
+        """Reward and pass rate over training steps, with the held-out pass rate before and after
+        (`decoding`: how the held-out episodes were decoded, in the legend)."""
         steps = [r["step"] + 1 for r in self.history]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, [r.get("rollout/reward", 0.0) for r in self.history], label="train reward (mean)")
         ax.plot(steps, [r.get("rollout/pass_rate_ema", 0.0) for r in self.history], label="train pass rate (EMA)")
-        ax.axhline(before, ls="--", color="gray", label=f"held-out before RL ({before:.2f})")
-        ax.axhline(after, ls="--", color="green", label=f"held-out after RL ({after:.2f})")
+        ax.axhline(before, ls="--", color="gray", label=f"held-out before RL, {decoding} ({before:.2f})")
+        ax.axhline(after, ls="--", color="green", label=f"held-out after RL, {decoding} ({after:.2f})")
         ax.set_xlabel("PPO step")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(loc="lower right", fontsize=8)
@@ -129,7 +130,8 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
         "heldout_pass_rate_before_rl": before.pass_rate, "heldout_pass_rate_after_rl": after.pass_rate,
         "heldout_gain_points": 100 * (after.pass_rate - before.pass_rate),
         "heldout_per_family_before": before.per_family, "heldout_per_family_after": after.per_family,
-        "heldout_episodes": after.episodes, "rl_wall_time_s": rl_wall_time_s,
+        "heldout_episodes": after.episodes, "heldout_decoding": after.decoding,
+        **sampled_summary(before, after, log.run_dir), "rl_wall_time_s": rl_wall_time_s,
         "wall_time_s": time.time() - log.started, "wandb_dir": log.wandb_dir,
         "checkpoint_dir": str(checkpoint / POLICY_HF) if checkpoint is not None else "",
         "resume_checkpoint": str(checkpoint) if checkpoint is not None else "",
@@ -141,6 +143,30 @@ def run_summary(cfg: TrainConfig, before, after, log: RunLogger, checkpoint: Pat
             "heldout_before_rl": mean_segments(before.trajectories), "heldout_after_rl": mean_segments(after.trajectories),
             "rl_steps": (sum(m.get("rollout/segments_per_rollout", 1.0) for m in log.history) / len(log.history)
                          if log.history else 0.0)},
+    }
+
+
+def describe(result) -> str:
+    """One held-out figure for the console: '0.286 greedy (84 episodes); sampled 0.190 (84)'."""
+    text = f"{result.pass_rate:.3f} {result.decoding} ({result.episodes} episodes)"
+    if result.sampled is not None:
+        text += f"; sampled {result.sampled.pass_rate:.3f} ({result.sampled.episodes})"
+    return text
+
+
+def sampled_summary(before, after, run_dir: Path) -> dict:
+    """A greedy evaluation's sampled figures beside it (eval.sampled_samples_per_task), if any."""
+    if before.sampled is None or after.sampled is None:
+        return {}
+    return {
+        "heldout_sampled_pass_rate_before_rl": before.sampled.pass_rate,
+        "heldout_sampled_pass_rate_after_rl": after.sampled.pass_rate,
+        "heldout_sampled_gain_points": 100 * (after.sampled.pass_rate - before.sampled.pass_rate),
+        "heldout_sampled_episodes": after.sampled.episodes,
+        "heldout_sampled_episodes_before_rl": write_episodes(run_dir / "heldout_sampled_before_rl.jsonl",
+                                                             before.sampled.trajectories),
+        "heldout_sampled_episodes_after_rl": write_episodes(run_dir / "heldout_sampled_after_rl.jsonl",
+                                                            after.sampled.trajectories),
     }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import ray
 
 from envs.tasks import Task
-from rl.config import TrainConfig
+from rl.config import EvalConfig, TrainConfig
 from rl.placement import Placement, init_ray, reserve_placement
 from rollout.chat import stop_token_ids
 from rollout.engine import SamplingParams
@@ -79,9 +79,11 @@ class RolloutCluster:
         self.sampling = sampling_params(cfg, tokenizer)
         self.version = 0
 
-    def rollout(self, tasks: list[Task], rollout_ids: list[str]) -> list[Trajectory]:
-        """Run one episode per task, spread round-robin over the workers; returns in input order."""
-        return rollout_round_robin(self.workers, tasks, rollout_ids, self.sampling)
+    def rollout(self, tasks: list[Task], rollout_ids: list[str],
+                sampling: SamplingParams | None = None) -> list[Trajectory]:
+        """Run one episode per task, spread round-robin over the workers; returns in input order.
+        `sampling` defaults to the run's training settings."""
+        return rollout_round_robin(self.workers, tasks, rollout_ids, sampling or self.sampling)
 
     def push_weights(self, state: dict, version: int) -> None:
         """New weights to the engine (one that released its memory takes it back first)."""
@@ -107,19 +109,35 @@ class EvalResult:
     per_family: dict[str, float]
     trajectories: list[Trajectory] = field(repr=False, default_factory=list)
     hack: dict = field(default_factory=dict)   # hack_metrics of the evaluation episodes
+    decoding: str = "sampled"                  # "sampled" (the training settings) | "greedy"
+    sampled: EvalResult | None = None          # greedy evaluations: the sampled figure beside it, if asked for
 
 
-def evaluate(cluster: RolloutCluster, tasks: list[Task], samples_per_task: int, tag: str) -> EvalResult:
-    """Held-out pass rate with the training sampling settings, `samples_per_task` episodes per task."""
+def evaluate(cluster: RolloutCluster, tasks: list[Task], samples_per_task: int, tag: str,
+             sampling: SamplingParams | None = None) -> EvalResult:
+    """Held-out pass rate, `samples_per_task` episodes per task, with `sampling` (default: the
+    training sampling settings)."""
     jobs = [t for t in tasks for _ in range(samples_per_task)]
     ids = [f"eval-{tag}-{t.task_id}-{k % samples_per_task}" for k, t in enumerate(jobs)]
-    trajs = cluster.rollout(jobs, ids)
+    params = sampling or cluster.sampling
+    trajs = cluster.rollout(jobs, ids, params)
     families: dict[str, list[float]] = {}
     for task, traj in zip(jobs, trajs):
         families.setdefault(task.family, []).append(float(traj.passed))
     return EvalResult(pass_rate=sum(t.passed for t in trajs) / len(trajs), episodes=len(trajs),
                       per_family={f: sum(v) / len(v) for f, v in sorted(families.items())}, trajectories=trajs,
-                      hack=hack_metrics(trajs))
+                      hack=hack_metrics(trajs), decoding="greedy" if params.top_k == 1 else "sampled")
+
+
+def evaluate_heldout(cluster: RolloutCluster, tasks: list[Task], settings: EvalConfig, tag: str) -> EvalResult:
+    """The run's held-out figure as `eval` configures it: greedy (one episode per task, plus
+    `sampled_samples_per_task` sampled ones reported beside it) or sampled with the training settings."""
+    if not settings.greedy:
+        return evaluate(cluster, tasks, settings.samples_per_task, tag)
+    result = evaluate(cluster, tasks, 1, f"{tag}-greedy", cluster.sampling.greedy())
+    if settings.sampled_samples_per_task:
+        result.sampled = evaluate(cluster, tasks, settings.sampled_samples_per_task, tag)
+    return result
 
 
 class TaskSampler:

@@ -23,8 +23,8 @@ from rl.checkpoint import POLICY_HF, reference_of, resolve_checkpoint
 from rl.config import register_configs, to_train_config
 from rl.learner import init_distributed
 from rl.learner_group import build_learner
-from rl.observe import RunLogger, run_summary
-from rl.orchestrator import RolloutCluster, TaskSampler, evaluate, rollout_metrics
+from rl.observe import RunLogger, describe, run_summary
+from rl.orchestrator import RolloutCluster, TaskSampler, evaluate_heldout, rollout_metrics
 from rl.warm_start import build_default_policy, demo_trajectories, sft_demonstrations, sft_warm_start, split_for_warm_start
 from rollout.tokenizer import load_tokenizer
 
@@ -58,8 +58,8 @@ def main(raw: DictConfig) -> None:
     # 2. Engines and rollout workers (Ray), the held-out pass rate before RL.
     cluster = RolloutCluster(str(policy_path), tokenizer, cfg, str(run_dir / "audit.sqlite"), run_dir.name)
     eval_tasks = heldout[: cfg.eval.max_tasks or None]
-    before = evaluate(cluster, eval_tasks, cfg.eval.samples_per_task, "before")
-    log.phase(f"held-out pass rate before RL: {before.pass_rate:.3f} ({before.episodes} episodes)")
+    before = evaluate_heldout(cluster, eval_tasks, cfg.eval, "before")
+    log.phase(f"held-out pass rate before RL: {describe(before)}")
 
     # 3. Critic PPO: rollout -> train -> push weights, every step; a checkpoint every `checkpoint.every`.
     learner = build_learner(policy_path, cfg, reference_of(resume), cluster.placement)  # in-process, or DP Ray actors
@@ -86,9 +86,9 @@ def main(raw: DictConfig) -> None:
     source.close()
 
     # 4. The held-out pass rate after RL, the summary; the run directory is the last line printed.
-    after = evaluate(cluster, eval_tasks, cfg.eval.samples_per_task, "after")
-    log.phase(f"held-out pass rate after RL: {after.pass_rate:.3f} ({after.episodes} episodes)")
-    log.plot(run_dir / "pass_rate.png", before.pass_rate, after.pass_rate)
+    after = evaluate_heldout(cluster, eval_tasks, cfg.eval, "after")
+    log.phase(f"held-out pass rate after RL: {describe(after)}")
+    log.plot(run_dir / "pass_rate.png", before.pass_rate, after.pass_rate, after.decoding)
     log.finish(run_summary(cfg, before, after, log, checkpoint, rl_wall_time_s=time.time() - started))
     learner.shutdown()
     cluster.shutdown()

@@ -28,6 +28,13 @@ class SamplingParams:
         if self.max_new_tokens < 1:
             raise ValueError(f"sampling max_new_tokens must be >= 1 (got {self.max_new_tokens})")
 
+    def greedy(self) -> "SamplingParams":
+        """Argmax decoding with the same limits: top-k = 1 (SGLang's convention for temperature 0;
+        verl validates this way by default, ``val_kwargs.do_sample=False``). Behaviour log-probs are
+        then 0 for every token (the distribution is a point mass)."""
+        return SamplingParams(temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=self.max_new_tokens,
+                              stop_token_ids=self.stop_token_ids)
+
 
 @dataclass
 class GenerateOutput:

@@ -17,8 +17,8 @@ from envs.solver import scripted_solution
 from envs.suite import builtin_suite
 from rl.async_rollout import (AsyncConfig, AsyncRolloutSource, SyncRolloutSource, _Issuer, staleness,
                               start_rollout_worker)
-from rl.config import EngineConfig, RolloutConfig, SamplingConfig, TrainConfig
-from rl.orchestrator import RolloutCluster, TaskSampler
+from rl.config import EngineConfig, EvalConfig, RolloutConfig, SamplingConfig, TrainConfig
+from rl.orchestrator import RolloutCluster, TaskSampler, evaluate_heldout
 from rollout.agent import AgentConfig
 from rollout.chat import prompt_text, render_tool_call
 from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
@@ -224,3 +224,34 @@ def test_killed_worker_is_replaced_and_its_episodes_come_back_once(make_cluster)
     assert not set(returned) & in_flight
     assert cluster.workers[0] is not victim and ray.get(cluster.workers[0].ping.remote())
     source.close()
+
+
+def test_greedy_heldout_evaluation_decodes_the_argmax_and_reports_the_sampled_figure_beside_it(make_cluster,
+                                                                                                policy_dir):
+    """eval.greedy: every action token is the policy's most likely one (checked against a full forward
+    pass), behaviour log-probs are those of a point mass, two evaluations agree token for token; the
+    sampled episodes beside it use the training settings."""
+    cluster, _ = make_cluster(max_turns=2)
+    settings = EvalConfig(greedy=True, samples_per_task=1, sampled_samples_per_task=2)
+    first, again = (evaluate_heldout(cluster, TASKS[:6], settings, tag) for tag in ("a", "b"))
+    assert first.decoding == "greedy" and first.episodes == 6
+    assert first.sampled.decoding == "sampled" and first.sampled.episodes == 12
+    assert [s.tokens for t in first.trajectories for s in t.segments] == \
+        [s.tokens for t in again.trajectories for s in t.segments]
+    model = AutoModelForCausalLM.from_pretrained(str(policy_dir)).eval()
+    checked = 0
+    for traj in first.trajectories:
+        for seg in traj.segments:
+            with torch.no_grad():
+                logits = model(torch.tensor([seg.tokens])).logits[0]
+            for i in range(1, len(seg.tokens)):
+                if seg.loss_mask[i]:
+                    assert logits[i - 1, seg.tokens[i]] >= logits[i - 1].max() - 1e-4
+                    assert seg.behavior_logprobs[i] == 0.0
+                    checked += 1
+    assert checked >= 6 * 8
+    sampled_logprobs = [lp for t in first.sampled.trajectories for s in t.segments
+                        for m, lp in zip(s.loss_mask, s.behavior_logprobs) if m]
+    assert min(sampled_logprobs) < -0.5     # T = 1 on a random model: far from a point mass
+    plain = evaluate_heldout(cluster, TASKS[:3], EvalConfig(samples_per_task=2), "c")
+    assert plain.decoding == "sampled" and plain.episodes == 6 and plain.sampled is None

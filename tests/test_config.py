@@ -57,7 +57,10 @@ def test_bad_choice_is_named():
                                            ("algo.policy_lr_decay=step", "algo.policy_lr_decay"),
                                            ("algo.policy_min_lr_ratio=-1", "algo.policy_min_lr_ratio"),
                                            ("algo.policy_mini_batches=0", "algo.policy_mini_batches"),
-                                           ("algo.policy_mini_batches=33", "rollout.episodes_per_step")])
+                                           ("algo.policy_mini_batches=33", "rollout.episodes_per_step"),
+                                           ("eval.samples_per_task=2", "eval.samples_per_task"),   # greedy: 1
+                                           ("eval.greedy=false", "eval.sampled_samples_per_task"),
+                                           ("eval.sampled_samples_per_task=-1", "sampled_samples_per_task")])
 def test_out_of_range_sft_values_are_named(override, key):
     with pytest.raises(ValueError, match=key):
         to_train_config(composed(override))

@@ -67,12 +67,14 @@ def test_checkpoint_loads_with_from_pretrained(quick_run):
 
 def test_resume_continues_from_the_checkpoint_with_the_async_orchestrator(quick_run, tmp_path):
     """`resume=<checkpoints>` picks up the finished quick run at its last step (weights, optimiser,
-    sampler, metrics history) and trains two more steps with `orchestrator=async`."""
+    sampler, metrics history) and trains two more steps with `orchestrator=async`; its held-out
+    figures are greedy, with the sampled ones beside them (the default preset's evaluation)."""
     run_dir, _ = quick_run
     first = json.loads((run_dir / "summary.json").read_text())
     exe = Path(sys.executable).with_name("horizonrl-train")
     proc = subprocess.run([str(exe), "experiment=quick", f"resume={run_dir / 'checkpoints'}", "steps=6",
-                           "orchestrator=async", "async_rollout.buffer_size=24", f"hydra.run.dir={tmp_path}"],
+                           "orchestrator=async", "async_rollout.buffer_size=24", "eval.greedy=true",
+                           "eval.sampled_samples_per_task=2", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"at step {first['steps']}" in proc.stdout
@@ -82,3 +84,11 @@ def test_resume_continues_from_the_checkpoint_with_the_async_orchestrator(quick_
     assert resumed["final_metrics"]["weights/version"] == 6
     assert "orchestrator/dropped_stale" in resumed["final_metrics"]
     assert Path(resumed["checkpoint_dir"]).is_dir()
+    assert resumed["heldout_decoding"] == "greedy" and resumed["heldout_episodes"] == 24
+    assert resumed["heldout_sampled_episodes"] == 48
+    for side in ("before", "after"):
+        sampled = [json.loads(line) for line in
+                   Path(resumed[f"heldout_sampled_episodes_{side}_rl"]).read_text().splitlines()]
+        assert len(sampled) == 48
+        assert sum(e["passed"] for e in sampled) / 48 == resumed[f"heldout_sampled_pass_rate_{side}_rl"]
+    assert "greedy" in proc.stdout and "sampled" in proc.stdout   # the console names both figures
