@@ -151,6 +151,6 @@ def test_opd_demo_recipes_pin_their_demonstrators_against_the_default_preset():
     assert set(sft) == {"base", "arith_expert", "control_expert"}
     for name, s in sft.items():
         assert (s.demo_indent_kept, s.demo_retry, s.lr_decay) == (1.0, 0.0, "constant"), name
-        assert cfgs[name].sampling.top_p == 1.0, name
+        assert cfgs[name].sampling.top_p == 1.0 and not cfgs[name].eval.greedy, name
     assert sft["base"].demo_accuracy == 0.25
     assert sft["arith_expert"].demo_accuracy == sft["control_expert"].demo_accuracy == 1.0
