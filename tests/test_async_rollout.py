@@ -10,19 +10,18 @@ from functools import partial
 import pytest
 import ray
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM
 
 from antihack.guard import GuardConfig
-from envs.solver import scripted_solution
 from envs.suite import builtin_suite
 from rl.async_rollout import (AsyncConfig, AsyncRolloutSource, SyncRolloutSource, _Issuer, staleness,
                               start_rollout_worker)
 from rl.config import EngineConfig, EvalConfig, RolloutConfig, SamplingConfig, TrainConfig
 from rl.orchestrator import RolloutCluster, TaskSampler, evaluate_heldout
 from rollout.agent import AgentConfig
-from rollout.chat import prompt_text, render_tool_call
-from rollout.tokenizer import build_bpe_tokenizer, load_tokenizer
+from rollout.tokenizer import load_tokenizer
 from rollout.trajectory import Segment, Status, Trajectory
+from tiny_models import save_tiny_agent_policy
 
 TASKS = [t for t in builtin_suite(0) if t.split == "train"][:40]
 
@@ -43,15 +42,7 @@ def test_rollout_ids_go_on_counting_after_a_resume():
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("policy")
-    corpus = [prompt_text(t.instruction) + "".join(render_tool_call(c) for c in scripted_solution(t)) for t in TASKS]
-    tok = build_bpe_tokenizer(corpus, 400, out)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
-    return out
+    return save_tiny_agent_policy(tmp_path_factory.mktemp("policy"), TASKS)
 
 
 @pytest.fixture(scope="module")

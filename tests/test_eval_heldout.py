@@ -6,13 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
-from envs.solver import scripted_solution
 from envs.suite import builtin_suite
-from rollout.chat import prompt_text, render_tool_call
-from rollout.tokenizer import build_bpe_tokenizer
+from tiny_models import save_tiny_agent_policy
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "eval_heldout.py"
 SMALL = ["eval.max_tasks=3", "sampling.max_new_tokens=8", "agent.max_turns=2", "engine.num_threads=1",
@@ -21,16 +17,8 @@ SMALL = ["eval.max_tasks=3", "sampling.max_new_tokens=8", "agent.max_turns=2", "
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("policy")
     tasks = [t for t in builtin_suite(0) if t.split == "train"][:20]
-    corpus = [prompt_text(t.instruction) + "".join(render_tool_call(c) for c in scripted_solution(t)) for t in tasks]
-    tok = build_bpe_tokenizer(corpus, 400, out)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
-    return out
+    return save_tiny_agent_policy(tmp_path_factory.mktemp("policy"), tasks)
 
 
 def run(*args):
