@@ -59,6 +59,8 @@ class OPDConfig:
     task_coef: float = 0.0           # weight of the task advantage R − mean(R) (0 = pure distillation)
     forward_kl_coef: float = 0.0     # + coef · forward KL to the expert's top-k on the student's states (GKD β=0)
     forward_kl_top_k: int = 8        # tokens per position the experts return for it
+    offpolicy_samples_per_task: int = 0   # off-policy phase first: each expert's own episodes per training task (0 = none)
+    offpolicy_epochs: int = 1        # passes of the student over those episodes (forward KL to the expert's top-k)
     teacher_threads: int = 1         # torch threads of each teacher engine actor (hf)
     teacher_engine: str = "hf"       # hf: transformers in a Ray actor | sglang: prefill-only /generate on SGLang servers
     teacher_sglang: SGLangConfig = field(default_factory=SGLangConfig)   # the launch/client settings of sglang teachers
@@ -138,6 +140,12 @@ def check_opd(opd: OPDConfig) -> None:
         raise ValueError(f"opd.eval_max_tasks must be >= 0 (got {opd.eval_max_tasks})")
     if opd.eval_samples_per_task < 1:
         raise ValueError(f"opd.eval_samples_per_task must be >= 1 (got {opd.eval_samples_per_task})")
+    if opd.offpolicy_samples_per_task < 0 or opd.offpolicy_epochs < 1:
+        raise ValueError(f"opd.offpolicy_samples_per_task must be >= 0 and opd.offpolicy_epochs >= 1 (got "
+                         f"{opd.offpolicy_samples_per_task}, {opd.offpolicy_epochs})")
+    if opd.offpolicy_samples_per_task and opd.forward_kl_top_k < 1:
+        raise ValueError(f"opd.offpolicy_samples_per_task: the off-policy phase learns the experts' top-k "
+                         f"distributions, so opd.forward_kl_top_k must be >= 1 (got {opd.forward_kl_top_k})")
     if opd.forward_kl_coef < 0 or (opd.forward_kl_coef and opd.forward_kl_top_k < 1):
         raise ValueError(f"opd.forward_kl_coef must be >= 0 and, when set, opd.forward_kl_top_k >= 1 (got "
                          f"{opd.forward_kl_coef}, {opd.forward_kl_top_k})")

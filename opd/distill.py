@@ -24,6 +24,7 @@ from opd.config import DistillConfig, register_configs, rollout_config, to_disti
 from opd.evaluation import EngineWorkers, evaluate_domains
 from opd.experts import ensure_models
 from opd.learner import OPDLearner
+from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count
 from opd.report import distill_summary, domain_line
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import Router, TeacherPool, check_checkpoint, check_compatible
@@ -76,7 +77,7 @@ def main(raw: DictConfig) -> None:
     router = Router(cfg.opd.domains, cfg.opd.experts)
     teachers = TeacherPool(cfg.opd.experts, router, tokenizer.pad_token_id, cfg.sampling.temperature, cfg.seed,
                            cfg.opd.teacher_threads, cfg.engine.max_batch, cfg.engine.batch_wait_s,
-                           cfg.opd.forward_kl_top_k if cfg.opd.forward_kl_coef else 0,
+                           cfg.opd.forward_kl_top_k if cfg.opd.forward_kl_coef or cfg.opd.offpolicy_samples_per_task else 0,
                            cfg.opd.teacher_engine, cfg.opd.teacher_sglang)
     samples = cfg.opd.eval_samples_per_task
     before = evaluate_domains(cluster, heldout, samples, "before", teachers)
@@ -89,10 +90,26 @@ def main(raw: DictConfig) -> None:
     for d in sorted(heldout):
         log.phase(domain_line(d, "before", before[d], expert_scores[d]))
 
-    # 3. Distillation: generate + score (overlapped) -> OPD policy step -> push weights, every step.
+    # 3. Distillation: [off-policy phase], then generate + score (overlapped) -> OPD policy step -> push weights.
+    m, batch_size = cfg.opd.offpolicy_samples_per_task, cfg.rollout.episodes_per_step
+    decay = policy_decay_steps(cfg.algo, cfg.steps)
+    if decay and m:   # a decaying learning rate spans both phases
+        decay += offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size)
     learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
-                                       cfg.sampling.temperature, decay_steps=policy_decay_steps(cfg.algo, cfg.steps),
+                                       cfg.sampling.temperature, decay_steps=decay,
                                        min_lr_ratio=cfg.algo.policy_min_lr_ratio), cfg.opd, tokenizer.pad_token_id)
+    offpolicy = None
+    if m:   # 3a. Off-policy first: the student learns the experts' top-k on their own episodes; held-out after it.
+        log.phase(f"off-policy phase: each expert rolls out {m} episode(s) per training task of its domain")
+        episodes = expert_episodes(teachers, cfg.opd.experts, train, m, tcfg, cluster.sampling)
+        batches = offpolicy_batches(episodes, batch_size, cfg.opd.offpolicy_epochs, cfg.seed)
+        log.phase(f"off-policy phase: {len(episodes)} expert episodes, {len(batches)} steps")
+        for i, batch in enumerate(batches):
+            log.log_warm_start(i, len(batches), learner.offpolicy_step(batch), phase="offpolicy")
+        cluster.push_weights(learner.policy.state_dict(), version=0)
+        offpolicy = evaluate_domains(cluster, heldout, samples, "offpolicy", teachers)
+        for d in sorted(heldout):
+            log.phase(domain_line(d, "after off-policy", offpolicy[d], expert_scores[d], before[d]))
     mixture = DomainMixture(train, {d.name: d.weight for d in cfg.opd.domains}, cfg.seed)
     source = ScoredRolloutSource(cluster, mixture, teachers, cfg.orchestrator, cfg.async_rollout,
                                  lambda: start_rollout_worker(cluster.engine, str(student_init), tcfg,
@@ -116,7 +133,8 @@ def main(raw: DictConfig) -> None:
     after = evaluate_domains(cluster, heldout, samples, "after", teachers)
     for d in sorted(heldout):
         log.phase(domain_line(d, "after", after[d], expert_scores[d], before[d]))
-    log.finish(distill_summary(cfg, before, after, expert_scores, log, run_dir / "student", time.time() - started))
+    log.finish(distill_summary(cfg, before, after, expert_scores, log, run_dir / "student", time.time() - started,
+                               offpolicy))
     teachers.shutdown()
     cluster.shutdown()
     print(run_dir.resolve())

@@ -4,7 +4,9 @@
 in [0, 1]), ``expert`` (the domain's expert on the same tasks, same sampling), ``recovery`` =
 (after − before) / (expert − before), and ``reverse_kl`` = {first, last}: the sampled per-token
 reverse KL(π_student‖π_expert) on the domain's training rollouts of the first and the last step;
-``reverse_kl_heldout`` = {before, after}: the same on the held-out evaluation episodes.
+``reverse_kl_heldout`` = {before, after}: the same on the held-out evaluation episodes. With an
+off-policy phase (``opd.offpolicy_samples_per_task``), ``after_offpolicy`` = {pass_rate, recovery,
+reverse_kl_heldout}: the student between the two phases.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _first_last(history: list[dict], key: str) -> dict[str, float]:
 
 
 def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: dict[str, DomainEval],
-                    expert: dict[str, DomainEval], log: RunLogger, student_dir: Path, distill_wall_time_s: float) -> dict:
+                    expert: dict[str, DomainEval], log: RunLogger, student_dir: Path, distill_wall_time_s: float,
+                    offpolicy: dict[str, DomainEval] | None = None) -> dict:
     domains = {}
     for d in sorted(after):
         b, a, e = before[d].result.pass_rate, after[d].result.pass_rate, expert[d].result.pass_rate
@@ -41,9 +44,14 @@ def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: di
                       "reverse_kl_heldout": {"before": before[d].reverse_kl, "after": after[d].reverse_kl},
                       "heldout_episodes": after[d].result.episodes,
                       "expert_name": next(x.name for x in cfg.opd.experts if x.domain == d)}
+        if offpolicy is not None:
+            o = offpolicy[d].result.pass_rate
+            domains[d]["after_offpolicy"] = {"pass_rate": o, "recovery": recovery(b, o, e),
+                                             "reverse_kl_heldout": offpolicy[d].reverse_kl}
     recoveries = [v["recovery"] for v in domains.values()]
     return {
         "experiment": cfg.experiment, "steps": cfg.steps, "orchestrator": cfg.orchestrator,
+        "offpolicy_samples_per_task": cfg.opd.offpolicy_samples_per_task, "offpolicy_epochs": cfg.opd.offpolicy_epochs,
         "student_init": cfg.opd.student_init, "student_dir": str(student_dir.resolve()),
         "domains": domains, "min_recovery": min(recoveries),
         "experts": {x.name: str(Path(x.checkpoint).resolve()) for x in cfg.opd.experts},

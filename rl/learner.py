@@ -317,6 +317,25 @@ class PolicyLearner:
         grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
         return {"sft/nll": stats["nll"], "sft/grad_norm": grad_norm, "sft/lr": self.engine.get_lr()[0]}
 
+    def forward_kl_step(self, batch: SampleBatch, top_ids: torch.Tensor, top_logprobs: torch.Tensor) -> dict:
+        """One optimiser step on the forward KL to a teacher's top-k over the batch's action tokens
+        (:func:`rl.losses.teacher_topk_forward_kl_loss`, coefficient 1, token-mean over the batch):
+        off-policy distillation on sequences the teacher sampled. `top_ids`/`top_logprobs` are
+        ``[B, T, k]``, aligned with the batch's tokens."""
+        n = global_action_tokens(batch)
+        stats = {"forward_kl": 0.0}
+
+        def loss_of(rows, mb):
+            _, logits = self.forward(mb)
+            t = mb.input_ids.shape[1]
+            loss, value = teacher_topk_forward_kl_loss(logits, top_ids[rows][:, :t].to(logits.device),
+                                                       top_logprobs[rows][:, :t].to(logits.device), mb.action_mask,
+                                                       self.temperature, 1.0, num_tokens=n)
+            stats["forward_kl"] += value * mb.num_action_tokens / n
+            return loss
+        grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
+        return {"forward_kl": stats["forward_kl"], "grad_norm": grad_norm, "lr": self.engine.get_lr()[0]}
+
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
         """log π_θ(x_i | x_<i) of every token under the current weights (π_old for PPO's ratio)."""

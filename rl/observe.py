@@ -26,6 +26,7 @@ CONSOLE_KEYS = ("rollout/reward", "rollout/pass_rate", "antihack/flagged", "anti
                 "leak/honest_pass_rate", "critic/loss", "critic/explained_variance", "policy/loss",
                 "policy/entropy", "policy/masked_fraction", "rollout/segments_per_rollout", "orchestrator/wait_s",
                 "perf/step_s")
+WARM_START_PHASES = ("sft", "offpolicy")   # phases before the main loop, each logged against its own step
 
 
 class RunLogger:
@@ -39,7 +40,8 @@ class RunLogger:
         self.started = time.time()
         self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir), mode=cfg.wandb_mode,
                               config=config, reinit="finish_previous")
-        self.run.define_metric("sft/*", step_metric="sft/step")
+        for phase in WARM_START_PHASES:   # warm-up phases count their own steps
+            self.run.define_metric(f"{phase}/*", step_metric=f"{phase}/step")
         self.run.define_metric("*", step_metric="train/step")
         self.live: Live | None = None
         if cfg.console and self.console.is_terminal:
@@ -57,12 +59,15 @@ class RunLogger:
         if self.cfg.console:
             self.console.log(f"[{elapsed:6.1f}s] {text}")
 
-    def log_warm_start(self, step: int, total: int, metrics: dict) -> None:
-        """SFT progress: to wandb every step, to the console every tenth of the way."""
-        self.run.log({**metrics, "sft/step": step})
+    def log_warm_start(self, step: int, total: int, metrics: dict, phase: str = "sft") -> None:
+        """Warm-up progress (SFT; OPD's off-policy phase, metrics ``<phase>/*``): to wandb every step,
+        against ``<phase>/step``, to the console every tenth of the way."""
+        if phase not in WARM_START_PHASES:
+            raise ValueError(f"warm-up phase {phase!r} is not one of {WARM_START_PHASES}")
+        self.run.log({**metrics, f"{phase}/step": step})
         if self.cfg.console and (step + 1) % max(1, total // 10) == 0:
             shown = " ".join(f"{k.split('/')[-1]}={v:.3g}" for k, v in metrics.items())
-            self.console.print(f"  sft {step + 1}/{total} {shown}", highlight=False)
+            self.console.print(f"  {phase} {step + 1}/{total} {shown}", highlight=False)
 
     def log(self, step: int, metrics: dict) -> None:
         self.history.append({"step": step, **metrics})

@@ -19,6 +19,7 @@ from opd.advantages import (distillation_advantages, recovery, sampled_reverse_k
 from opd.config import DomainConfig, ExpertConfig, ModelSource, OPDConfig, check_opd
 from opd.experts import ensure_model
 from opd.learner import OPDLearner
+from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import (CheckpointError, Router, Scored, TeacherPool, TokenizerMismatch, check_checkpoint,
                          check_compatible)
@@ -27,7 +28,7 @@ from rl.config import (AlgoConfig, AsyncConfig, DeepSpeedConfig, EngineConfig, R
                        TrainConfig)
 from rl.batch import collate
 from rl.learner import PolicyLearner, init_distributed
-from rl.orchestrator import RolloutCluster
+from rl.orchestrator import RolloutCluster, sampling_params
 from rollout.agent import AgentConfig
 from rollout.chat import prompt_text, render_tool_call
 from rollout.sglang_double import SGLangDouble
@@ -140,6 +141,14 @@ def test_opd_config_is_checked():
     with pytest.raises(ValueError, match="lists 2 urls but opd.teacher_sglang.num_engines is 1"):
         check_opd(OPDConfig(domains=DOMAINS, base=base, teacher_engine="sglang", experts=[
             ExpertConfig(checkpoint="/x", name="a", domain="ops", urls=["http://h:1", "http://h:2"]), good.experts[1]]))
+    with pytest.raises(ValueError, match=r"offpolicy_samples_per_task must be >= 0 .*\(got -1, 1\)"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_samples_per_task=-1))
+    with pytest.raises(ValueError, match=r"offpolicy_epochs >= 1 \(got 2, 0\)"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_samples_per_task=2,
+                            offpolicy_epochs=0))
+    with pytest.raises(ValueError, match="forward_kl_top_k must be >= 1 .got 0"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_samples_per_task=2,
+                            forward_kl_top_k=0))
 
 
 # ---- start-up refusals ---------------------------------------------------------------------------
@@ -301,6 +310,50 @@ def test_rollouts_are_routed_to_their_domains_teacher_only(models, ray_session, 
         cluster.shutdown()
 
 
+def test_expert_episodes_are_each_experts_own_on_its_own_domain(models, ray_session):
+    """The off-policy phase's data: every expert rolls out m episodes on each training task of its own
+    domain (on its teacher engine, concurrently), and the top-k it returns comes from scoring its own
+    tokens: its log-probs of them equal the log-probs it sampled them with."""
+    cfg = rollout_config()
+    tok = load_tokenizer(models["student"])
+    router = Router(DOMAINS, experts(models))
+    pool = TeacherPool(experts(models), router, tok.pad_token_id, temperature=1.0, seed=0, threads=1, max_batch=8,
+                       batch_wait_s=0.0, top_k=3)
+    train = {"ops": [t for t in TASKS if t.family == "wrong_operator"][:3],
+             "bounds": [t for t in TASKS if t.family == "off_by_one"][:2]}
+    try:
+        episodes = expert_episodes(pool, experts(models), train, 2, cfg, sampling_params(cfg, tok))
+    finally:
+        pool.shutdown()
+    assert len(episodes) == 2 * (3 + 2)
+    family = {t.task_id: t.family for t in TASKS}
+    for s in episodes:
+        domain = "ops" if family[s.trajectory.task_id] == "wrong_operator" else "bounds"
+        assert (s.domain, s.expert) == (domain, f"{domain}_expert")
+        assert s.trajectory.rollout_id.startswith(f"offpolicy-{domain}_expert-{s.trajectory.task_id}-")
+        for seg, own, top in zip(s.trajectory.segments, s.teacher_logprobs, s.teacher_top_ids):
+            sampled = [i for i, m in enumerate(seg.loss_mask) if m]
+            assert sampled and len(top) == len(seg.tokens) and all(len(k) == 3 for k in top[1:])
+            assert [own[i] for i in sampled] == pytest.approx([seg.behavior_logprobs[i] for i in sampled], abs=1e-4)
+    for domain, tasks in train.items():   # m episodes per task, each task of the domain
+        ids = sorted(s.trajectory.task_id for s in episodes if s.domain == domain)
+        assert ids == sorted(t.task_id for t in tasks for _ in range(2))
+
+
+def test_offpolicy_batches_are_shuffled_epochs_and_count_the_steps():
+    episodes = list(range(10))
+    batches = offpolicy_batches(episodes, 4, 3, seed=0)
+    assert [len(b) for b in batches] == [4, 4, 2] * 3
+    epochs = [sum(batches[i:i + 3], []) for i in (0, 3, 6)]
+    assert all(sorted(e) == episodes for e in epochs)        # every episode once per pass
+    assert epochs[0] != epochs[1] and epochs[0] != episodes  # each pass shuffled anew
+    assert batches == offpolicy_batches(episodes, 4, 3, seed=0)
+    assert offpolicy_step_count({"a": [None] * 3, "b": [None] * 2}, 2, 3, 4) == 9 == len(offpolicy_batches(
+        episodes, 4, 3, seed=1))
+    with pytest.raises(ValueError, match="batch size"):
+        offpolicy_batches(episodes, 0, 1, seed=0)
+
+
 def test_router_refuses_a_task_outside_every_domain(models):
     router = Router(DOMAINS, experts(models))
     stray = next(t for t in SUITE if t.family == "missing_case")
@@ -401,3 +454,33 @@ def test_forward_kl_term_raises_the_teachers_top_tokens(models):
         OPDLearner(policy, OPDConfig(domains=DOMAINS[:1], forward_kl_coef=1.0, forward_kl_top_k=2),
                    tok.pad_token_id).train_step([Scored(s.trajectory, "ops", "ops_expert", s.teacher_logprobs)
                                                  for s in scored])
+
+
+def test_offpolicy_step_learns_the_experts_top_k_whatever_the_behaviour_logprobs(models):
+    """The off-policy phase's step: only the expert's top-k on its own episodes counts (token 7, then
+    9); the episodes' behaviour log-probs (the expert's) and its sampled log-probs carry no signal:
+    two batches that differ only there give the same weights. Steps make token 7 the most likely."""
+    init_distributed(DeepSpeedConfig(master_port=29631))
+    tok = load_tokenizer(models["student"])
+    top = ([7, 9], [-0.1, -2.4])
+    algo = AlgoConfig(policy_lr=1e-2, micro_batch_tokens=256)
+    opd = OPDConfig(domains=DOMAINS[:1], forward_kl_top_k=2)
+    a = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0), opd, tok.pad_token_id)
+    b = OPDLearner(PolicyLearner(models["student"], algo.policy_lr, algo, DeepSpeedConfig(), 1.0), opd, tok.pad_token_id)
+    scored_a = scored_demos(tok, 6, lambda i: 10, 0.0, 0.0, top=top)
+    scored_b = scored_demos(tok, 6, lambda i: 10, -3.0, -1.5, top=top)
+    first = a.offpolicy_step(scored_a)
+    b.offpolicy_step(scored_b)
+    batch = collate([s.trajectory for s in scored_a], tok.pad_token_id)
+    assert torch.allclose(a.policy.logprobs(batch), b.policy.logprobs(batch), atol=1e-6)
+    assert first["offpolicy/expert_pass_rate/ops"] == 0.0 and first["offpolicy/action_tokens"] == 60
+    act = batch.action_mask.bool()
+
+    def share_of_7():
+        with torch.no_grad():
+            logits = a.policy.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return float(torch.softmax(logits[:, :-1].float(), -1)[..., 7][act[:, 1:]].mean())
+
+    assert share_of_7() < 0.2
+    last = [a.offpolicy_step(scored_a) for _ in range(14)][-1]
+    assert last["offpolicy/forward_kl"] < 0.5 * first["offpolicy/forward_kl"] and share_of_7() > 0.5
