@@ -61,6 +61,7 @@ class OPDConfig:
     forward_kl_top_k: int = 8        # tokens per position the experts return for it
     offpolicy_samples_per_task: int = 0   # off-policy phase first: each expert's own episodes per training task (0 = none)
     offpolicy_epochs: int = 1        # passes of the student over those episodes (forward KL to the expert's top-k)
+    offpolicy_replay: int = 0        # then, after every on-policy step, this many steps on those episodes (GKD's mixture)
     teacher_threads: int = 1         # torch threads of each teacher engine actor (hf)
     teacher_engine: str = "hf"       # hf: transformers in a Ray actor | sglang: prefill-only /generate on SGLang servers
     teacher_sglang: SGLangConfig = field(default_factory=SGLangConfig)   # the launch/client settings of sglang teachers
@@ -143,6 +144,10 @@ def check_opd(opd: OPDConfig) -> None:
     if opd.offpolicy_samples_per_task < 0 or opd.offpolicy_epochs < 1:
         raise ValueError(f"opd.offpolicy_samples_per_task must be >= 0 and opd.offpolicy_epochs >= 1 (got "
                          f"{opd.offpolicy_samples_per_task}, {opd.offpolicy_epochs})")
+    if opd.offpolicy_replay < 0 or (opd.offpolicy_replay and not opd.offpolicy_samples_per_task):
+        raise ValueError(f"opd.offpolicy_replay must be >= 0 and replays the off-policy phase's episodes, so it "
+                         f"needs opd.offpolicy_samples_per_task > 0 (got {opd.offpolicy_replay}, "
+                         f"{opd.offpolicy_samples_per_task})")
     if opd.offpolicy_samples_per_task and opd.forward_kl_top_k < 1:
         raise ValueError(f"opd.offpolicy_samples_per_task: the off-policy phase learns the experts' top-k "
                          f"distributions, so opd.forward_kl_top_k must be >= 1 (got {opd.forward_kl_top_k})")

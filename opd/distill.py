@@ -5,7 +5,9 @@
 
 The student samples on-policy (agent loop, sandboxes, compaction as in RL); each finished episode
 goes to the expert that owns its domain, which scores the exact token ids (prefill only) while the
-other episodes still generate; the learner steps on Â_t = sg[log π_T − log π_θ]. The run directory
+other episodes still generate; the learner steps on Â_t = sg[log π_T − log π_θ]. With ``opd.offpolicy_samples_per_task`` > 0 an
+off-policy phase comes first (`opd.offpolicy`: the student learns the experts' top-k on the experts'
+own episodes, then is evaluated on held-out tasks before going on-policy). The run directory
 (with `student/`, a `save_pretrained` checkpoint, and `summary.json`) is the last line printed.
 """
 
@@ -24,7 +26,7 @@ from opd.config import DistillConfig, register_configs, rollout_config, to_disti
 from opd.evaluation import EngineWorkers, evaluate_domains
 from opd.experts import ensure_models
 from opd.learner import OPDLearner
-from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count
+from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count, replay_batches
 from opd.report import distill_summary, domain_line
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import Router, TeacherPool, check_checkpoint, check_compatible
@@ -93,12 +95,12 @@ def main(raw: DictConfig) -> None:
     # 3. Distillation: [off-policy phase], then generate + score (overlapped) -> OPD policy step -> push weights.
     m, batch_size = cfg.opd.offpolicy_samples_per_task, cfg.rollout.episodes_per_step
     decay = policy_decay_steps(cfg.algo, cfg.steps)
-    if decay and m:   # a decaying learning rate spans both phases
-        decay += offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size)
+    if decay and m:   # a decaying learning rate spans both phases and the replayed steps
+        decay += offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size) + cfg.steps * cfg.opd.offpolicy_replay
     learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
                                        cfg.sampling.temperature, decay_steps=decay,
                                        min_lr_ratio=cfg.algo.policy_min_lr_ratio), cfg.opd, tokenizer.pad_token_id)
-    offpolicy = None
+    started, offpolicy = time.time(), None
     if m:   # 3a. Off-policy first: the student learns the experts' top-k on their own episodes; held-out after it.
         log.phase(f"off-policy phase: each expert rolls out {m} episode(s) per training task of its domain")
         episodes = expert_episodes(teachers, cfg.opd.experts, train, m, tcfg, cluster.sampling)
@@ -110,15 +112,17 @@ def main(raw: DictConfig) -> None:
         offpolicy = evaluate_domains(cluster, heldout, samples, "offpolicy", teachers)
         for d in sorted(heldout):
             log.phase(domain_line(d, "after off-policy", offpolicy[d], expert_scores[d], before[d]))
+        replay = replay_batches(episodes, batch_size, cfg.seed)
     mixture = DomainMixture(train, {d.name: d.weight for d in cfg.opd.domains}, cfg.seed)
     source = ScoredRolloutSource(cluster, mixture, teachers, cfg.orchestrator, cfg.async_rollout,
                                  lambda: start_rollout_worker(cluster.engine, str(student_init), tcfg,
                                                               str(run_dir / "audit.sqlite"), run_dir.name))
-    started = time.time()
     for step in range(cfg.steps):
         t0 = time.time()
         scored, orchestrator = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)
         metrics = learner.train_step(scored)
+        for _ in range(cfg.opd.offpolicy_replay):
+            metrics |= learner.offpolicy_step(next(replay))
         cluster.push_weights(learner.policy.state_dict(), version=step + 1)
         log.log(step, metrics | rollout_metrics([s.trajectory for s in scored]) | orchestrator
                 | {"perf/step_s": time.time() - t0, "weights/version": step + 1})

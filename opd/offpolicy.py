@@ -15,14 +15,21 @@ With ``opd.offpolicy_samples_per_task`` = m > 0 the run starts with a phase on t
    (GKD with student-data fraction λ = 0, i.e. supervised KD on teacher-generated sequences;
    :meth:`rl.learner.PolicyLearner.forward_kl_step`).
 
-The on-policy phase then starts from the student this leaves, where its own samples already land near
+With ``opd.offpolicy_replay`` = r > 0 the episodes stay in use: after every on-policy step the student
+takes r more steps on them (GKD's mixture of teacher- and student-generated sequences; the student's
+own samples are a fraction 1 / (1 + r) of the steps), which keeps it anchored to the experts' behaviour
+on the states their episodes show while on-policy distillation corrects the ones the student reaches.
+
+The on-policy phase starts from the student this leaves, where its own samples already land near
 the experts' (on-policy distillation corrects the states the student itself reaches, which the experts'
 episodes do not show).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from envs.tasks import Task
@@ -69,6 +76,13 @@ def offpolicy_batches(episodes: list[Scored], batch_size: int, epochs: int, seed
         rng.shuffle(order)
         out += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return out
+
+
+def replay_batches(episodes: list[Scored], batch_size: int, seed: int) -> Iterator[list[Scored]]:
+    """Batches of the experts' episodes without end (shuffled passes, as :func:`offpolicy_batches`),
+    for ``opd.offpolicy_replay``: off-policy steps interleaved with the on-policy ones."""
+    for epoch in itertools.count():
+        yield from offpolicy_batches(episodes, batch_size, 1, seed + 1 + epoch)
 
 
 def offpolicy_step_count(train: dict[str, list[Task]], samples_per_task: int, epochs: int, batch_size: int) -> int:

@@ -19,7 +19,7 @@ from opd.advantages import (distillation_advantages, recovery, sampled_reverse_k
 from opd.config import DomainConfig, ExpertConfig, ModelSource, OPDConfig, check_opd
 from opd.experts import ensure_model
 from opd.learner import OPDLearner
-from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count
+from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count, replay_batches
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import (CheckpointError, Router, Scored, TeacherPool, TokenizerMismatch, check_checkpoint,
                          check_compatible)
@@ -146,6 +146,8 @@ def test_opd_config_is_checked():
     with pytest.raises(ValueError, match=r"offpolicy_epochs >= 1 \(got 2, 0\)"):
         check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_samples_per_task=2,
                             offpolicy_epochs=0))
+    with pytest.raises(ValueError, match=r"offpolicy_replay .* needs opd.offpolicy_samples_per_task > 0 \(got 1, 0\)"):
+        check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_replay=1))
     with pytest.raises(ValueError, match="forward_kl_top_k must be >= 1 .got 0"):
         check_opd(OPDConfig(domains=DOMAINS, experts=good.experts, base=base, offpolicy_samples_per_task=2,
                             forward_kl_top_k=0))
@@ -352,6 +354,9 @@ def test_offpolicy_batches_are_shuffled_epochs_and_count_the_steps():
         episodes, 4, 3, seed=1))
     with pytest.raises(ValueError, match="batch size"):
         offpolicy_batches(episodes, 0, 1, seed=0)
+    replay = replay_batches(episodes, 4, seed=0)             # opd.offpolicy_replay: passes without end
+    passes = [sum((next(replay) for _ in range(3)), []) for _ in range(4)]
+    assert all(sorted(p) == episodes for p in passes) and len({tuple(p) for p in passes}) == 4
 
 
 def test_router_refuses_a_task_outside_every_domain(models):

@@ -43,7 +43,7 @@ def small_run(root: Path) -> list[str]:
         "steps=2", "rollout.episodes_per_step=4", "rollout.num_workers=1", "sampling.max_new_tokens=8",
         "agent.max_turns=2", "async_rollout.buffer_size=6", "logging.wandb_mode=offline",
         "opd.eval_samples_per_task=1", "opd.eval_max_tasks=3", "algo.policy_lr=1e-3",
-        "opd.offpolicy_samples_per_task=1", "opd.offpolicy_epochs=2",
+        "opd.offpolicy_samples_per_task=1", "opd.offpolicy_epochs=2", "opd.offpolicy_replay=1",
         "opd.domains=[{name:ops,families:[wrong_operator],weight:1.0},{name:bounds,families:[off_by_one],weight:1.0}]",
         f"opd.base.checkpoint='{root / 'base'}'", "opd.base.train=[]",
         f"opd.experts=[{{name:ops_expert,domain:ops,checkpoint:'{root / 'ops_expert'}'}},"
@@ -97,6 +97,7 @@ def test_summary_has_the_domains_contract(distill_run):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["policy/loss"]) for s in steps)
+    assert all(math.isfinite(s["offpolicy/forward_kl"]) for s in steps)   # a replayed step after each OPD step
 
 
 def test_student_is_a_standard_checkpoint_that_moved(distill_run):
