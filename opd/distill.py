@@ -122,7 +122,7 @@ def main(raw: DictConfig) -> None:
         scored, orchestrator = source.next_batch(cfg.rollout.episodes_per_step, learner_version=step)
         metrics = learner.train_step(scored)
         for _ in range(cfg.opd.offpolicy_replay):
-            metrics |= learner.offpolicy_step(next(replay))
+            metrics |= learner.offpolicy_step(next(replay), prefix="replay")
         cluster.push_weights(learner.policy.state_dict(), version=step + 1)
         log.log(step, metrics | rollout_metrics([s.trajectory for s in scored]) | orchestrator
                 | {"perf/step_s": time.time() - t0, "weights/version": step + 1})

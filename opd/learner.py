@@ -63,17 +63,17 @@ class OPDLearner:
                 sum(s.domain == domain for s in scored)
         return metrics | learner_metrics
 
-    def offpolicy_step(self, scored: list[Scored]) -> dict[str, float]:
-        """One optimiser step of the off-policy phase (`opd.offpolicy`) on experts' own scored episodes:
-        the forward KL to each episode's expert top-k on its action tokens; per-domain pass rates of
-        the episodes as well."""
+    def offpolicy_step(self, scored: list[Scored], prefix: str = "offpolicy") -> dict[str, float]:
+        """One optimiser step on experts' own scored episodes (`opd.offpolicy`: the off-policy phase, or a
+        replayed step, metrics under `prefix`): the forward KL to each episode's expert top-k on its
+        action tokens; per-domain pass rates of the episodes as well."""
         batch = collate([s.trajectory for s in scored], self.pad_token_id)
         top_ids, top_lps = teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k)
-        metrics = {f"offpolicy/{k}": v for k, v in self.policy.forward_kl_step(batch, top_ids, top_lps).items()}
+        metrics = {f"{prefix}/{k}": v for k, v in self.policy.forward_kl_step(batch, top_ids, top_lps).items()}
         for domain in sorted({s.domain for s in scored}):
             mine = [s.trajectory.passed for s in scored if s.domain == domain]
-            metrics[f"offpolicy/expert_pass_rate/{domain}"] = sum(mine) / len(mine)
-        return metrics | {"offpolicy/action_tokens": batch.num_action_tokens}
+            metrics[f"{prefix}/expert_pass_rate/{domain}"] = sum(mine) / len(mine)
+        return metrics | {f"{prefix}/action_tokens": batch.num_action_tokens}
 
 
 def _token_weighted(row_values: torch.Tensor, action_mask: torch.Tensor, rows) -> torch.Tensor:

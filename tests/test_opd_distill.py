@@ -97,7 +97,7 @@ def test_summary_has_the_domains_contract(distill_run):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["policy/loss"]) for s in steps)
-    assert all(math.isfinite(s["offpolicy/forward_kl"]) for s in steps)   # a replayed step after each OPD step
+    assert all(math.isfinite(s["replay/forward_kl"]) for s in steps)   # a replayed step after each OPD step
 
 
 def test_student_is_a_standard_checkpoint_that_moved(distill_run):
