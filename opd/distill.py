@@ -94,13 +94,13 @@ def main(raw: DictConfig) -> None:
 
     # 3. Distillation: [off-policy phase], then generate + score (overlapped) -> OPD policy step -> push weights.
     m, batch_size = cfg.opd.offpolicy_samples_per_task, cfg.rollout.episodes_per_step
-    decay = policy_decay_steps(cfg.algo, cfg.steps)
-    if decay and m:   # a decaying learning rate spans both phases and the replayed steps
-        decay += offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size) + cfg.steps * cfg.opd.offpolicy_replay
+    extra = (offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size) + cfg.steps * cfg.opd.offpolicy_replay
+             if m else 0)   # a decaying learning rate spans both phases and the replayed steps
+    decay = policy_decay_steps(cfg.algo, cfg.steps, extra_steps=extra)
     learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
                                        cfg.sampling.temperature, decay_steps=decay,
                                        min_lr_ratio=cfg.algo.policy_min_lr_ratio), cfg.opd, tokenizer.pad_token_id)
-    started, offpolicy = time.time(), None
+    started, offpolicy, replay = time.time(), None, None   # replay: with opd.offpolicy_replay (needs the phase)
     if m:   # 3a. Off-policy first: the student learns the experts' top-k on their own episodes; held-out after it.
         log.phase(f"off-policy phase: each expert rolls out {m} episode(s) per training task of its domain")
         episodes = expert_episodes(teachers, cfg.opd.experts, train, m, tcfg, cluster.sampling)

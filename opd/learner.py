@@ -59,9 +59,7 @@ class OPDLearner:
         for domain in sorted(set(row_domain)):
             rows = [i for i, d in enumerate(row_domain) if d == domain]
             metrics[f"opd/reverse_kl/{domain}"] = float(_token_weighted(row_kl, batch.action_mask, rows))
-            metrics[f"opd/pass_rate/{domain}"] = sum(s.trajectory.passed for s in scored if s.domain == domain) / \
-                sum(s.domain == domain for s in scored)
-        return metrics | learner_metrics
+        return metrics | domain_pass_rates(scored, "opd/pass_rate") | learner_metrics
 
     def offpolicy_step(self, scored: list[Scored], prefix: str = "offpolicy") -> dict[str, float]:
         """One optimiser step on experts' own scored episodes (`opd.offpolicy`: the off-policy phase, or a
@@ -70,10 +68,17 @@ class OPDLearner:
         batch = collate([s.trajectory for s in scored], self.pad_token_id)
         top_ids, top_lps = teacher_top_k(scored, batch.input_ids.shape[1], self.opd.forward_kl_top_k)
         metrics = {f"{prefix}/{k}": v for k, v in self.policy.forward_kl_step(batch, top_ids, top_lps).items()}
-        for domain in sorted({s.domain for s in scored}):
-            mine = [s.trajectory.passed for s in scored if s.domain == domain]
-            metrics[f"{prefix}/expert_pass_rate/{domain}"] = sum(mine) / len(mine)
-        return metrics | {f"{prefix}/action_tokens": batch.num_action_tokens}
+        return (metrics | domain_pass_rates(scored, f"{prefix}/expert_pass_rate")
+                | {f"{prefix}/action_tokens": batch.num_action_tokens})
+
+
+def domain_pass_rates(scored: list[Scored], key: str) -> dict[str, float]:
+    """`{key}/{domain}`: the fraction of the domain's episodes in `scored` that passed."""
+    out = {}
+    for domain in sorted({s.domain for s in scored}):
+        mine = [s.trajectory.passed for s in scored if s.domain == domain]
+        out[f"{key}/{domain}"] = sum(mine) / len(mine)
+    return out
 
 
 def _token_weighted(row_values: torch.Tensor, action_mask: torch.Tensor, rows) -> torch.Tensor:

@@ -76,13 +76,14 @@ def warmup_cosine_lr_factor(step: int, warmup_steps: int, decay_steps: int, min_
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def policy_decay_steps(algo: AlgoConfig, policy_batches: int) -> int:
+def policy_decay_steps(algo: AlgoConfig, policy_batches: int, extra_steps: int = 0) -> int:
     """The optimiser step by which a cosine-decayed policy learning rate reaches its floor: the run's
-    batches that take a policy step x ``algo.policy_updates`` x ``algo.policy_mini_batches``
+    batches that take a policy step x ``algo.policy_updates`` x ``algo.policy_mini_batches``, plus
+    `extra_steps` optimiser steps taken outside them (OPD's off-policy and replayed steps)
     (0 = no decay, ``algo.policy_lr_decay = constant``)."""
     if algo.policy_lr_decay == "constant":
         return 0
-    return policy_batches * algo.policy_updates * algo.policy_mini_batches
+    return policy_batches * algo.policy_updates * algo.policy_mini_batches + extra_steps
 
 
 def deepspeed_engine(model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float,
@@ -327,14 +328,20 @@ class PolicyLearner:
 
         def loss_of(rows, mb):
             _, logits = self.forward(mb)
-            t = mb.input_ids.shape[1]
-            loss, value = teacher_topk_forward_kl_loss(logits, top_ids[rows][:, :t].to(logits.device),
-                                                       top_logprobs[rows][:, :t].to(logits.device), mb.action_mask,
-                                                       self.temperature, 1.0, num_tokens=n)
+            loss, value = self.teacher_forward_kl(logits, mb, rows, top_ids, top_logprobs, 1.0, n)
             stats["forward_kl"] += value * mb.num_action_tokens / n
             return loss
         grad_norm = accumulate(self.engine, batch, self.algo, loss_of)
         return {"forward_kl": stats["forward_kl"], "grad_norm": grad_norm, "lr": self.engine.get_lr()[0]}
+
+    def teacher_forward_kl(self, logits: torch.Tensor, mb: SampleBatch, rows, top_ids: torch.Tensor,
+                           top_logprobs: torch.Tensor, coef: float, num_tokens: int) -> tuple[torch.Tensor, float]:
+        """The forward KL to a teacher's top-k on micro-batch `mb` (rows `rows` of the ``[B, T, k]``
+        `top_ids`/`top_logprobs`, cut to the micro-batch's length): the loss term and its value."""
+        t = mb.input_ids.shape[1]
+        return teacher_topk_forward_kl_loss(logits, top_ids[rows][:, :t].to(logits.device),
+                                            top_logprobs[rows][:, :t].to(logits.device), mb.action_mask,
+                                            self.temperature, coef, num_tokens=num_tokens)
 
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
@@ -374,10 +381,7 @@ class PolicyLearner:
                                                           self.algo.kl_coef, num_tokens=n)
                 loss = loss + kl_loss
             if teacher_top_k is not None:
-                top_ids, top_lps, coef = teacher_top_k
-                fkl, st["forward_kl"] = teacher_topk_forward_kl_loss(
-                    logits, top_ids[rows][:, :t].to(logits.device), top_lps[rows][:, :t].to(logits.device),
-                    mb.action_mask, self.temperature, coef, num_tokens=n)
+                fkl, st["forward_kl"] = self.teacher_forward_kl(logits, mb, rows, *teacher_top_k, n)
                 loss = loss + fkl
             w = mb.num_action_tokens / n
             for k in ("masked_fraction", "mismatch_kl", "ratio_mean", "clipfrac", "kl_ref", "forward_kl"):

@@ -178,6 +178,9 @@ def test_sft_steps_follow_the_cosine_schedule_to_the_floor(model_dir):
 def test_policy_decay_steps_count_every_optimiser_step_of_the_run():
     assert policy_decay_steps(AlgoConfig(policy_lr_decay="cosine", policy_updates=2, policy_mini_batches=4), 10) == 80
     assert policy_decay_steps(AlgoConfig(policy_updates=2, policy_mini_batches=4), 10) == 0   # constant
+    # OPD: off-policy and replayed optimiser steps extend the schedule; a constant rate stays constant
+    assert policy_decay_steps(AlgoConfig(policy_lr_decay="cosine"), 10, extra_steps=7) == 17
+    assert policy_decay_steps(AlgoConfig(), 10, extra_steps=7) == 0
 
 
 def test_ppo_steps_learn_and_stay_finite(model_dir):
