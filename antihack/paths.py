@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 OPAQUE = "\x00"  # a part of a word whose value cannot be known statically
@@ -95,8 +96,10 @@ def _tokens(component: str) -> tuple[_Token, ...]:
     return tuple(toks)
 
 
-def _component_intersects(a: tuple[_Token, ...], b: tuple[_Token, ...]) -> bool:
-    """Is there a string matched by both single-component globs? (search over position pairs)."""
+def _sequences_intersect(a: tuple, b: tuple, star: str, pair_matches: Callable[[object, object], bool]) -> bool:
+    """Is there a sequence matched by both token sequences `a` and `b`, where `star` matches any run of
+    tokens and `pair_matches(x, y)` says whether two other tokens can match the same thing? (A search
+    over position pairs of the two sequences' automata.)"""
     n, m = len(a), len(b)
     seen: set[tuple[int, int]] = set()
     stack = [(0, 0)]
@@ -107,19 +110,24 @@ def _component_intersects(a: tuple[_Token, ...], b: tuple[_Token, ...]) -> bool:
         seen.add((i, j))
         if i == n and j == m:
             return True
-        if i < n and a[i] == "*":
+        if i < n and a[i] == star:
             stack.append((i + 1, j))
             if j < m:
                 stack.append((i, j + 1))  # a's star consumes what b[j] matches (or b's star ends first)
             continue
-        if j < m and b[j] == "*":
+        if j < m and b[j] == star:
             stack.append((i, j + 1))
             if i < n:
                 stack.append((i + 1, j))
             continue
-        if i < n and j < m and (a[i] == "?" or b[j] == "?" or a[i] == b[j]):
+        if i < n and j < m and pair_matches(a[i], b[j]):
             stack.append((i + 1, j + 1))
     return False
+
+
+def _component_intersects(a: tuple[_Token, ...], b: tuple[_Token, ...]) -> bool:
+    """Is there a string matched by both single-component globs?"""
+    return _sequences_intersect(a, b, "*", lambda x, y: x == "?" or y == "?" or x == y)
 
 
 @dataclass
@@ -167,29 +175,7 @@ class GlobMatcher:
         return r
 
     def _intersects(self, a: tuple[str, ...], b: tuple[str, ...], floating: bool) -> bool:
-        n, m = len(a), len(b)
-        seen: set[tuple[int, int]] = set()
-        stack = [(0, 0)]
-        while stack:
-            i, j = stack.pop()
-            if (i, j) in seen:
-                continue
-            seen.add((i, j))
-            if i == n and j == m:
-                return True
-            if i < n and a[i] == "**":
-                stack.append((i + 1, j))
-                if j < m:
-                    stack.append((i, j + 1))
-                continue
-            if j < m and b[j] == "**":
-                stack.append((i, j + 1))
-                if i < n:
-                    stack.append((i + 1, j))
-                continue
-            if i < n and j < m and self._comp(a[i], b[j], floating):
-                stack.append((i + 1, j + 1))
-        return False
+        return _sequences_intersect(a, b, "**", lambda x, y: self._comp(x, y, floating))
 
     def match(self, path: str, subtree: bool = False, workdir: str | None = None) -> str | None:
         """The first pattern (as written) that the resolved path/glob ``path`` may hit.
