@@ -2,7 +2,9 @@
 
 With ``opd.offpolicy_samples_per_task`` = m > 0 the run starts with a phase on the experts' own episodes:
 
-1. every expert rolls out m episodes on each training task of its domain, on the engine that serves it
+1. every expert rolls out m_k = round(m · w_k / min_j w_j) episodes on each training task of its domain
+   k (the domains' mixing weights w set the phase's data mix as they set the on-policy batches': with
+   equal weights, m each), on the engine that serves it
    as a teacher, through rollout workers like the student's (same agent loop, sandboxes, compaction and
    sampling settings); the experts generate concurrently;
 2. each expert scores its own episodes (the same prefill as for the student's: `TeacherPool.score`),
@@ -33,7 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from envs.tasks import Task
-from opd.config import ExpertConfig
+from opd.config import DomainConfig, ExpertConfig
 from opd.evaluation import EngineWorkers
 from opd.teacher import Scored, TeacherPool
 from rl.batch import trainable
@@ -41,14 +43,22 @@ from rl.config import TrainConfig
 from rollout.engine import SamplingParams
 
 
+def offpolicy_samples(domains: list[DomainConfig], samples_per_task: int) -> dict[str, int]:
+    """Episodes per training task of each domain: m_k = round(m · w_k / min_j w_j) (at least 1), i.e.
+    `samples_per_task` for the lightest domain and proportionally more for heavier ones."""
+    lightest = min(d.weight for d in domains)
+    return {d.name: max(1, round(samples_per_task * d.weight / lightest)) for d in domains}
+
+
 def expert_episodes(teachers: TeacherPool, experts: list[ExpertConfig], train: dict[str, list[Task]],
-                    samples_per_task: int, cfg: TrainConfig, sampling: SamplingParams) -> list[Scored]:
-    """`samples_per_task` episodes of each expert on every training task of its domain, each scored by
+                    samples: dict[str, int], cfg: TrainConfig, sampling: SamplingParams) -> list[Scored]:
+    """`samples[domain]` episodes of each expert on every training task of its domain, each scored by
     that expert (top-k included); environment crashes are left out. Order: by expert, then task."""
 
     def run(expert: ExpertConfig) -> tuple[list[Task], list]:
-        jobs = [t for t in train[expert.domain] for _ in range(samples_per_task)]
-        ids = [f"offpolicy-{expert.name}-{t.task_id}-{k % samples_per_task}" for k, t in enumerate(jobs)]
+        m = samples[expert.domain]
+        jobs = [t for t in train[expert.domain] for _ in range(m)]
+        ids = [f"offpolicy-{expert.name}-{t.task_id}-{k % m}" for k, t in enumerate(jobs)]
         workers = EngineWorkers(teachers.engine(expert.name), expert.checkpoint, cfg, sampling)
         try:
             return jobs, workers.rollout(jobs, ids, sampling)
@@ -85,7 +95,7 @@ def replay_batches(episodes: list[Scored], batch_size: int, seed: int) -> Iterat
         yield from offpolicy_batches(episodes, batch_size, 1, seed + 1 + epoch)
 
 
-def offpolicy_step_count(train: dict[str, list[Task]], samples_per_task: int, epochs: int, batch_size: int) -> int:
+def offpolicy_step_count(train: dict[str, list[Task]], samples: dict[str, int], epochs: int, batch_size: int) -> int:
     """The optimiser steps the phase takes at most (all episodes trainable), for the lr schedule."""
-    episodes = sum(len(tasks) for tasks in train.values()) * samples_per_task
+    episodes = sum(len(tasks) * samples[domain] for domain, tasks in train.items())
     return epochs * -(-episodes // batch_size)

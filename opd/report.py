@@ -17,6 +17,7 @@ from pathlib import Path
 from opd.advantages import recovery
 from opd.config import DistillConfig
 from opd.evaluation import DomainEval
+from opd.offpolicy import offpolicy_samples
 from rl.observe import RunLogger
 
 
@@ -52,6 +53,8 @@ def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: di
     return {
         "experiment": cfg.experiment, "steps": cfg.steps, "orchestrator": cfg.orchestrator,
         "offpolicy_samples_per_task": cfg.opd.offpolicy_samples_per_task, "offpolicy_epochs": cfg.opd.offpolicy_epochs,
+        "offpolicy_samples_per_domain": (offpolicy_samples(cfg.opd.domains, cfg.opd.offpolicy_samples_per_task)
+                                         if cfg.opd.offpolicy_samples_per_task else {}),
         "student_init": cfg.opd.student_init, "student_dir": str(student_dir.resolve()),
         "domains": domains, "min_recovery": min(recoveries),
         "experts": {x.name: str(Path(x.checkpoint).resolve()) for x in cfg.opd.experts},

@@ -19,7 +19,8 @@ from opd.advantages import (distillation_advantages, recovery, sampled_reverse_k
 from opd.config import DomainConfig, ExpertConfig, ModelSource, OPDConfig, check_opd
 from opd.experts import ensure_model
 from opd.learner import OPDLearner
-from opd.offpolicy import expert_episodes, offpolicy_batches, offpolicy_step_count, replay_batches
+from opd.offpolicy import (expert_episodes, offpolicy_batches, offpolicy_samples, offpolicy_step_count,
+                           replay_batches)
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import (CheckpointError, Router, Scored, TeacherPool, TokenizerMismatch, check_checkpoint,
                          check_compatible)
@@ -324,10 +325,10 @@ def test_expert_episodes_are_each_experts_own_on_its_own_domain(models, ray_sess
     train = {"ops": [t for t in TASKS if t.family == "wrong_operator"][:3],
              "bounds": [t for t in TASKS if t.family == "off_by_one"][:2]}
     try:
-        episodes = expert_episodes(pool, experts(models), train, 2, cfg, sampling_params(cfg, tok))
+        episodes = expert_episodes(pool, experts(models), train, {"ops": 2, "bounds": 1}, cfg, sampling_params(cfg, tok))
     finally:
         pool.shutdown()
-    assert len(episodes) == 2 * (3 + 2)
+    assert len(episodes) == 2 * 3 + 1 * 2
     family = {t.task_id: t.family for t in TASKS}
     for s in episodes:
         domain = "ops" if family[s.trajectory.task_id] == "wrong_operator" else "bounds"
@@ -337,9 +338,21 @@ def test_expert_episodes_are_each_experts_own_on_its_own_domain(models, ray_sess
             sampled = [i for i, m in enumerate(seg.loss_mask) if m]
             assert sampled and len(top) == len(seg.tokens) and all(len(k) == 3 for k in top[1:])
             assert [own[i] for i in sampled] == pytest.approx([seg.behavior_logprobs[i] for i in sampled], abs=1e-4)
-    for domain, tasks in train.items():   # m episodes per task, each task of the domain
+    for domain, m in (("ops", 2), ("bounds", 1)):   # the domain's m episodes per task, each task of the domain
         ids = sorted(s.trajectory.task_id for s in episodes if s.domain == domain)
-        assert ids == sorted(t.task_id for t in tasks for _ in range(2))
+        assert ids == sorted(t.task_id for t in train[domain] for _ in range(m))
+
+
+def test_offpolicy_samples_follow_the_domain_weights():
+    """m episodes per task for the lightest domain, m · w_k / w_min for the others (rounded, at least 1);
+    only the weights' ratios count, as for the on-policy mixture."""
+    def domains(*weights):
+        return [DomainConfig(name=f"d{i}", families=[f"f{i}"], weight=w) for i, w in enumerate(weights)]
+    assert offpolicy_samples(domains(1.0, 1.0), 4) == {"d0": 4, "d1": 4}
+    assert offpolicy_samples(domains(2.0, 1.0), 4) == {"d0": 8, "d1": 4}
+    assert offpolicy_samples(domains(1.0, 0.5), 4) == offpolicy_samples(domains(2.0, 1.0), 4)
+    assert offpolicy_samples(domains(1.5, 1.0, 3.0), 2) == {"d0": 3, "d1": 2, "d2": 6}
+    assert offpolicy_samples(domains(1.0, 1.0), 0) == {"d0": 1, "d1": 1}   # at least 1 (phase off is m = 0 upstream)
 
 
 def test_offpolicy_batches_are_shuffled_epochs_and_count_the_steps():
@@ -350,8 +363,9 @@ def test_offpolicy_batches_are_shuffled_epochs_and_count_the_steps():
     assert all(sorted(e) == episodes for e in epochs)        # every episode once per pass
     assert epochs[0] != epochs[1] and epochs[0] != episodes  # each pass shuffled anew
     assert batches == offpolicy_batches(episodes, 4, 3, seed=0)
-    assert offpolicy_step_count({"a": [None] * 3, "b": [None] * 2}, 2, 3, 4) == 9 == len(offpolicy_batches(
-        episodes, 4, 3, seed=1))
+    assert offpolicy_step_count({"a": [None] * 3, "b": [None] * 2}, {"a": 2, "b": 2}, 3, 4) == 9 == len(
+        offpolicy_batches(episodes, 4, 3, seed=1))
+    assert offpolicy_step_count({"a": [None] * 3, "b": [None] * 2}, {"a": 3, "b": 1}, 2, 4) == 2 * 3   # 11 episodes
     with pytest.raises(ValueError, match="batch size"):
         offpolicy_batches(episodes, 0, 1, seed=0)
     replay = replay_batches(episodes, 4, seed=0)             # opd.offpolicy_replay: passes without end

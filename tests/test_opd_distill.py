@@ -44,7 +44,7 @@ def small_run(root: Path) -> list[str]:
         "agent.max_turns=2", "async_rollout.buffer_size=6", "logging.wandb_mode=offline",
         "opd.eval_samples_per_task=1", "opd.eval_max_tasks=3", "algo.policy_lr=1e-3",
         "opd.offpolicy_samples_per_task=1", "opd.offpolicy_epochs=2", "opd.offpolicy_replay=1",
-        "opd.domains=[{name:ops,families:[wrong_operator],weight:1.0},{name:bounds,families:[off_by_one],weight:1.0}]",
+        "opd.domains=[{name:ops,families:[wrong_operator],weight:2.0},{name:bounds,families:[off_by_one],weight:1.0}]",
         f"opd.base.checkpoint='{root / 'base'}'", "opd.base.train=[]",
         f"opd.experts=[{{name:ops_expert,domain:ops,checkpoint:'{root / 'ops_expert'}'}},"
         f"{{name:bounds_expert,domain:bounds,checkpoint:'{root / 'bounds_expert'}',train_dir:'{root / 'bounds_run'}',"
@@ -72,9 +72,11 @@ def test_prints_the_run_dir_last_and_trains_the_missing_expert(distill_run):
     assert (root / "bounds_run" / "summary.json").is_file()     # horizonrl-train ran for the missing expert
     assert load_tokenizer(root / "bounds_expert").get_vocab() == load_tokenizer(root / "base").get_vocab()
     assert "ops_expert: reusing" in stdout
-    # the off-policy phase: one episode per training task of each expert's domain, two passes of 4
+    # the off-policy phase: per training task one episode of the bounds expert and two of the ops expert
+    # (its domain weighs 2:1), two passes of 4
+    episodes = sum(2 if t.family == "wrong_operator" else 1 for t in TASKS)
     progress = re.findall(r"offpolicy (\d+)/(\d+) forward_kl=", stdout)
-    assert progress and {int(total) for _, total in progress} == {2 * -(-len(TASKS) // 4)}
+    assert progress and {int(total) for _, total in progress} == {2 * -(-episodes // 4)}
 
 
 def test_summary_has_the_domains_contract(distill_run):
@@ -94,6 +96,7 @@ def test_summary_has_the_domains_contract(distill_run):
         offpolicy = d["after_offpolicy"]     # the student between the off-policy and the on-policy phase
         assert 0.0 <= offpolicy["pass_rate"] <= 1.0 and math.isfinite(offpolicy["reverse_kl_heldout"])
     assert (summary["offpolicy_samples_per_task"], summary["offpolicy_epochs"]) == (1, 2)
+    assert summary["offpolicy_samples_per_domain"] == {"ops": 2, "bounds": 1}
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["policy/loss"]) for s in steps)
