@@ -25,10 +25,10 @@ def grade(task, solve: bool):
 
 @pytest.mark.parametrize("solve", [True, False])
 def test_a_slow_task_grades_like_the_original_and_takes_the_latency(solve):
-    fast_passed, fast_s = grade(TASK, solve)
+    fast_passed, _ = grade(TASK, solve)
     slow_passed, slow_s = grade(with_test_latency(TASK, 0.5), solve)
     assert slow_passed == fast_passed == solve
-    assert slow_s >= 0.5 and slow_s > fast_s
+    assert slow_s >= 0.5   # a lower bound only: how long the plain grade takes depends on the machine's load
 
 
 def test_no_latency_leaves_the_task_unchanged():
