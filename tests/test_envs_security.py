@@ -63,6 +63,9 @@ def boxes():
     yield made
     for box in made.sandboxes:
         box.close()
+    deadline = time.monotonic() + 10   # killed processes leave /proc when the kernel has reaped them (slow under load)
+    while made.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert made.leftovers() == [], "processes of a closed sandbox are still running"
 
 
