@@ -94,17 +94,18 @@ def main(raw: DictConfig) -> None:
         log.phase(domain_line(d, "before", before[d], expert_scores[d]))
 
     # 3. Distillation: [off-policy phase], then generate + score (overlapped) -> OPD policy step -> push weights.
-    m, batch_size = offpolicy_samples(cfg.opd.domains, cfg.opd.offpolicy_samples_per_task), cfg.rollout.episodes_per_step
-    extra = (offpolicy_step_count(train, m, cfg.opd.offpolicy_epochs, batch_size) + cfg.steps * cfg.opd.offpolicy_replay
-             if cfg.opd.offpolicy_samples_per_task else 0)   # a decaying learning rate spans both phases and replay
+    per_task = offpolicy_samples(cfg.opd.domains, cfg.opd.offpolicy_samples_per_task)   # {} = no off-policy phase
+    batch_size = cfg.rollout.episodes_per_step
+    extra = (offpolicy_step_count(train, per_task, cfg.opd.offpolicy_epochs, batch_size)
+             + cfg.steps * cfg.opd.offpolicy_replay if per_task else 0)   # a decaying learning rate spans both phases and replay
     decay = policy_decay_steps(cfg.algo, cfg.steps, extra_steps=extra)
     learner = OPDLearner(PolicyLearner(student_init, cfg.algo.policy_lr, cfg.algo, cfg.deepspeed,
                                        cfg.sampling.temperature, decay_steps=decay,
                                        min_lr_ratio=cfg.algo.policy_min_lr_ratio), cfg.opd, tokenizer.pad_token_id)
     started, offpolicy, replay = time.time(), None, None   # replay: with opd.offpolicy_replay (needs the phase)
-    if cfg.opd.offpolicy_samples_per_task:   # 3a. Off-policy first: the experts' top-k on their own episodes.
-        log.phase("off-policy phase: episodes per training task: " + ", ".join(f"{d} {k}" for d, k in m.items()))
-        episodes = expert_episodes(teachers, cfg.opd.experts, train, m, tcfg, cluster.sampling)
+    if per_task:   # 3a. Off-policy first: the experts' top-k on their own episodes.
+        log.phase("off-policy phase: episodes per training task: " + ", ".join(f"{d} {k}" for d, k in per_task.items()))
+        episodes = expert_episodes(teachers, cfg.opd.experts, train, per_task, tcfg, cluster.sampling)
         batches = offpolicy_batches(episodes, batch_size, cfg.opd.offpolicy_epochs, cfg.seed)
         log.phase(f"off-policy phase: {len(episodes)} expert episodes, {len(batches)} steps")
         for i, batch in enumerate(batches):

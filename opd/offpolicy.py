@@ -45,7 +45,10 @@ from rollout.engine import SamplingParams
 
 def offpolicy_samples(domains: list[DomainConfig], samples_per_task: int) -> dict[str, int]:
     """Episodes per training task of each domain: m_k = round(m · w_k / min_j w_j) (at least 1), i.e.
-    `samples_per_task` for the lightest domain and proportionally more for heavier ones."""
+    `samples_per_task` for the lightest domain and proportionally more for heavier ones; {} for m = 0
+    (no off-policy phase)."""
+    if samples_per_task <= 0:
+        return {}
     lightest = min(d.weight for d in domains)
     return {d.name: max(1, round(samples_per_task * d.weight / lightest)) for d in domains}
 

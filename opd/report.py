@@ -53,8 +53,7 @@ def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: di
     return {
         "experiment": cfg.experiment, "steps": cfg.steps, "orchestrator": cfg.orchestrator,
         "offpolicy_samples_per_task": cfg.opd.offpolicy_samples_per_task, "offpolicy_epochs": cfg.opd.offpolicy_epochs,
-        "offpolicy_samples_per_domain": (offpolicy_samples(cfg.opd.domains, cfg.opd.offpolicy_samples_per_task)
-                                         if cfg.opd.offpolicy_samples_per_task else {}),
+        "offpolicy_samples_per_domain": offpolicy_samples(cfg.opd.domains, cfg.opd.offpolicy_samples_per_task),
         "student_init": cfg.opd.student_init, "student_dir": str(student_dir.resolve()),
         "domains": domains, "min_recovery": min(recoveries),
         "experts": {x.name: str(Path(x.checkpoint).resolve()) for x in cfg.opd.experts},

@@ -352,7 +352,8 @@ def test_offpolicy_samples_follow_the_domain_weights():
     assert offpolicy_samples(domains(2.0, 1.0), 4) == {"d0": 8, "d1": 4}
     assert offpolicy_samples(domains(1.0, 0.5), 4) == offpolicy_samples(domains(2.0, 1.0), 4)
     assert offpolicy_samples(domains(1.5, 1.0, 3.0), 2) == {"d0": 3, "d1": 2, "d2": 6}
-    assert offpolicy_samples(domains(1.0, 1.0), 0) == {"d0": 1, "d1": 1}   # at least 1 (phase off is m = 0 upstream)
+    assert offpolicy_samples(domains(1.0, 0.1), 1) == {"d0": 10, "d1": 1}
+    assert offpolicy_samples(domains(1.0, 1.0), 0) == {}   # m = 0: no off-policy phase
 
 
 def test_offpolicy_batches_are_shuffled_epochs_and_count_the_steps():
