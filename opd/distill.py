@@ -28,7 +28,7 @@ from opd.experts import ensure_models
 from opd.learner import OPDLearner
 from opd.offpolicy import (expert_episodes, offpolicy_batches, offpolicy_samples, offpolicy_step_count,
                            replay_batches)
-from opd.report import distill_summary, domain_line
+from opd.report import distill_summary, domain_line, plot_distill
 from opd.source import DomainMixture, ScoredRolloutSource
 from opd.teacher import Router, TeacherPool, check_checkpoint, check_compatible
 from rl.async_rollout import start_rollout_worker
@@ -141,6 +141,7 @@ def main(raw: DictConfig) -> None:
         log.phase(domain_line(d, "after", after[d], expert_scores[d], before[d]))
     log.finish(distill_summary(cfg, before, after, expert_scores, log, run_dir / "student", time.time() - started,
                                offpolicy))
+    plot_distill(run_dir)
     teachers.shutdown()
     cluster.shutdown()
     print(run_dir.resolve())

@@ -6,19 +6,29 @@ in [0, 1]), ``expert`` (the domain's expert on the same tasks, same sampling), `
 reverse KL(π_student‖π_expert) on the domain's training rollouts of the first and the last step;
 ``reverse_kl_heldout`` = {before, after}: the same on the held-out evaluation episodes. With an
 off-policy phase (``opd.offpolicy_samples_per_task``), ``after_offpolicy`` = {pass_rate, recovery,
-reverse_kl_heldout}: the student between the two phases.
+reverse_kl_heldout}: the student between the two phases. ``plot``: ``distill.png`` beside it
+(:func:`plot_distill`; ``python -m opd.report RUN_DIR [OUT.png]`` redraws it from a finished run).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
+
+import matplotlib
 
 from opd.advantages import recovery
 from opd.config import DistillConfig
 from opd.evaluation import DomainEval
 from opd.offpolicy import offpolicy_samples
 from rl.observe import RunLogger
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PLOT_NAME = "distill.png"
 
 
 def domain_line(domain: str, tag: str, student: DomainEval, expert: DomainEval, before: DomainEval | None = None) -> str:
@@ -59,5 +69,69 @@ def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: di
         "experts": {x.name: str(Path(x.checkpoint).resolve()) for x in cfg.opd.experts},
         "distill_wall_time_s": distill_wall_time_s, "wall_time_s": time.time() - log.started,
         "wandb_dir": log.wandb_dir, "metrics": str(log.run_dir / "metrics.jsonl"),
+        "plot": str((log.run_dir / PLOT_NAME).resolve()),
         "final_metrics": log.history[-1] if log.history else {},
     }
+
+
+def _rolling_mean(values: list[float], window: int) -> list[float]:
+    return [sum(values[max(0, i + 1 - window): i + 1]) / len(values[max(0, i + 1 - window): i + 1])
+            for i in range(len(values))]
+
+
+def plot_distill(run_dir: Path, out: Path | None = None, window: int = 10) -> Path:
+    """The merge at a glance, from a finished run's summary.json and metrics.jsonl: each domain's
+    held-out pass rate (student before, after the off-policy phase if there was one, after; the
+    expert as a line, recovery written above), and over the on-policy steps each domain's training
+    rollouts' pass rate and per-token reverse KL to its expert (rolling means over `window` steps)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    domains = summary["domains"]
+    stages = [("before", "student before")] + ([("after_offpolicy", "after off-policy phase")]
+                                               if all("after_offpolicy" in d for d in domains.values()) else [])
+    stages.append(("after", "student after"))
+    fig, (bars, passes, kls) = plt.subplots(1, 3, figsize=(14, 4.2))
+    width = 0.8 / len(stages)
+    for i, (name, d) in enumerate(domains.items()):
+        heights = [d[key]["pass_rate"] if key == "after_offpolicy" else d[key] for key, _ in stages]
+        for j, h in enumerate(heights):
+            bars.bar(i + (j - (len(stages) - 1) / 2) * width, h, width, color=f"C{j}",
+                     label=stages[j][1] if i == 0 else None)
+        bars.hlines(d["expert"], i - 0.45, i + 0.45, colors="black", linestyles="--",
+                    label="expert" if i == 0 else None)
+        bars.text(i, max(heights + [d["expert"]]) + 0.03, f"recovery {d['recovery']:.2f}", ha="center", fontsize=8)
+    bars.set_xticks(range(len(domains)), list(domains))
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel(f"held-out pass rate ({next(iter(domains.values()))['heldout_episodes']} episodes per bar)")
+    bars.legend(fontsize=7, loc="upper left")
+    bars.set_title("held-out pass rate per domain", fontsize=10)
+    steps = [r["step"] for r in rows]
+    for i, name in enumerate(domains):
+        for ax, key in ((passes, f"opd/pass_rate/{name}"), (kls, f"opd/reverse_kl/{name}")):
+            pts = [(s, r[key]) for s, r in zip(steps, rows) if key in r]
+            if pts:
+                ax.plot([s for s, _ in pts], _rolling_mean([v for _, v in pts], window), color=f"C{i}", label=name)
+    passes.set_ylim(-0.02, 1.02)
+    passes.set_title(f"training rollouts' pass rate (mean of {window} steps)", fontsize=10)
+    kls.set_title(f"per-token reverse KL to the expert (mean of {window} steps)", fontsize=10)
+    for ax in (passes, kls):
+        ax.set_xlabel("on-policy step")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"horizonrl-distill: {summary['experiment']}, {summary['steps']} on-policy steps", fontsize=11)
+    fig.tight_layout()
+    out = out or run_dir / PLOT_NAME
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Redraw a distillation run's plot from its summary.json and metrics.jsonl.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", default=None, help=f"default: RUN_DIR/{PLOT_NAME}")
+    args = parser.parse_args()
+    print(plot_distill(args.run_dir, args.out))
+
+
+if __name__ == "__main__":
+    main()

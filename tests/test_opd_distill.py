@@ -101,6 +101,7 @@ def test_summary_has_the_domains_contract(distill_run):
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["policy/loss"]) for s in steps)
     assert all(math.isfinite(s["replay/forward_kl"]) for s in steps)   # a replayed step after each OPD step
+    assert summary["plot"] == str(run_dir.resolve() / "distill.png") and Path(summary["plot"]).stat().st_size > 5000
 
 
 def test_student_is_a_standard_checkpoint_that_moved(distill_run):
