@@ -17,16 +17,11 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
-
 from opd.advantages import recovery
 from opd.config import DistillConfig
 from opd.evaluation import DomainEval
 from opd.offpolicy import offpolicy_samples
-from rl.observe import RunLogger
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from rl.observe import RunLogger, plt   # pyplot on the Agg backend
 
 PLOT_NAME = "distill.png"
 
@@ -75,8 +70,11 @@ def distill_summary(cfg: DistillConfig, before: dict[str, DomainEval], after: di
 
 
 def _rolling_mean(values: list[float], window: int) -> list[float]:
-    return [sum(values[max(0, i + 1 - window): i + 1]) / len(values[max(0, i + 1 - window): i + 1])
-            for i in range(len(values))]
+    means = []
+    for i in range(len(values)):
+        chunk = values[max(0, i + 1 - window): i + 1]
+        means.append(sum(chunk) / len(chunk))
+    return means
 
 
 def plot_distill(run_dir: Path, out: Path | None = None, window: int = 10) -> Path:
